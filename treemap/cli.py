@@ -1,0 +1,156 @@
+"""The command line: parse options, call one function, print product paths (or JSON) on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+
+from treemap import __version__
+from treemap.errors import TreemapError
+
+log = logging.getLogger("treemap")
+
+
+class _DateType(click.ParamType):
+    name = "YYYY-MM-DD"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, date):
+            return value
+        try:
+            return datetime.strptime(value, "%Y-%m-%d").date()
+        except ValueError:
+            self.fail(f"{value!r} is not a date like 2022-06-30", param, ctx)
+
+
+DATE = _DateType()
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("treemap")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+class _Group(click.Group):
+    """Turns treemap's typed errors into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TreemapError as exc:
+            click.echo(f"treemap: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("treemap: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="treemap")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Tree-species maps from Sentinel-2 L2A time series."""
+    _setup_logging(verbose, quiet)
+
+
+def _year_window(year, start, end):
+    if year is not None:
+        if start or end:
+            raise click.UsageError("--year cannot be combined with --start/--end")
+        return date(year, 1, 1), date(year, 12, 31)
+    return start, end
+
+
+@cli.command()
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path, dir_okay=True),
+              help="Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326.")
+@click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
+              help="Output folder.")
+@click.option("--catalog", default="earth-search", show_default=True,
+              help="demo, earth-search, planetary-computer, cdse, a STAC API URL, a catalog.json or an item file.")
+@click.option("--start", type=DATE, help="First acquisition date (default: Jan 1 of the year).")
+@click.option("--end", type=DATE, help="Last acquisition date (default: one year after --start).")
+@click.option("--year", type=int, help="Shortcut for --start YEAR-01-01 --end YEAR-12-31.")
+@click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Skip scenes with more cloud cover (percent); pixels are masked with SCL anyway.")
+@click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
+              help="Tile edge in 10 m pixels.")
+@click.option("--model", type=click.Path(path_type=Path), help="Model: treemap .safetensors or official .pth.")
+@click.option("--species", type=click.Path(path_type=Path), help="Candidate species list (CSV).")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of paths.")
+def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device,
+            keep_work, as_json):
+    """Map species probabilities over an AOI; prints the paths of the COGs written."""
+    from treemap.run import PredictRequest, predict as run_predict
+
+    start, end = _year_window(year, start, end)
+    result = run_predict(PredictRequest(
+        aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
+        model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work))
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        for path in result.products.values():
+            click.echo(str(path))
+
+
+@cli.command()
+@click.option("--seed", default=0, show_default=True, type=int, help="World seed (layout, clouds, phenology).")
+@click.option("--out", "out", type=click.Path(path_type=Path),
+              help="Folder for the world (default: the cache used by --catalog demo).")
+def demo(seed, out):
+    """Build the offline demo world (a synthetic Sentinel-2 L2A catalog); prints its catalog.json path."""
+    from treemap.demo import WorldSpec, build_world, ensure_demo_world
+
+    world = ensure_demo_world(seed=seed) if out is None else build_world(out, WorldSpec(seed=seed))
+    click.echo(str(world.catalog))
+
+
+@cli.command()
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path))
+@click.option("--start", type=DATE)
+@click.option("--end", type=DATE)
+@click.option("--year", type=int)
+@click.option("--catalog", default="earth-search", show_default=True)
+@click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per scene.")
+def search(aoi, start, end, year, catalog, max_cloud, as_json):
+    """List the scenes `predict` would use."""
+    from treemap.aoi import read_aoi
+    from treemap.run import resolve_dates
+    from treemap.stac import Query, open_catalog
+
+    start, end = _year_window(year, start, end)
+    start, end = resolve_dates(start, end, date.today().year - 1)
+    area = read_aoi(aoi)
+    scenes = open_catalog(catalog).search(Query(area.bounds, start, end, max_cloud))
+    for scene in scenes:
+        if as_json:
+            click.echo(json.dumps(scene.to_record()))
+        else:
+            cloud = "-" if scene.cloud_cover is None else f"{scene.cloud_cover:5.1f}"
+            click.echo(f"{scene.datetime:%Y-%m-%d %H:%M}  {scene.mgrs_tile or '-':6}  {cloud:>5}  "
+                       f"{scene.offset:+.1f}  {scene.id}")
+    log.info("%d scenes", len(scenes))
+
+
+def main() -> None:
+    cli(prog_name="treemap")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Clear-sky masking, harmonised reflectance and monthly median composites (pure NumPy on loaded blocks).
+
+The cube is read month by month, so memory stays at one month of one tile.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from treemap.cube import CLEAR_SCL, MODEL_BANDS, TileCube, acquisitions
+from treemap.stac.scene import BANDS
+
+log = logging.getLogger("treemap.composite")
+
+_MODEL_ORDER = np.array([BANDS.index(b) for b in MODEL_BANDS])
+
+
+def harmonise(dn: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """DN (T, B, H, W) -> float32 reflectance with per-scene scale/offset; DN 0 (nodata) -> NaN."""
+    out = dn.astype(np.float32) * scale[:, None, None, None] + offset[:, None, None, None]
+    out[dn == 0] = np.nan
+    return out
+
+
+def clear_mask(scl: np.ndarray, clear: tuple[int, ...] = CLEAR_SCL) -> np.ndarray:
+    """True where the scene classification says clear sky."""
+    return np.isin(scl, np.asarray(clear, dtype=scl.dtype))
+
+
+def mask_reflectance(refl: np.ndarray, scl: np.ndarray, clear: tuple[int, ...] = CLEAR_SCL) -> np.ndarray:
+    """Set non-clear pixels (all bands) to NaN, in place; returns ``refl``."""
+    refl[~np.broadcast_to(clear_mask(scl, clear)[:, None], refl.shape)] = np.nan
+    return refl
+
+
+def mosaic_first_valid(stack: np.ndarray) -> np.ndarray:
+    """Combine scenes of one acquisition (S, B, H, W): per pixel, the first scene with all bands valid."""
+    out = stack[0].copy()
+    for other in stack[1:]:
+        fill = np.isnan(out).any(axis=0) & ~np.isnan(other).any(axis=0)
+        out[:, fill] = other[:, fill]
+    return out
+
+
+def nanmedian_time(stack: np.ndarray) -> np.ndarray:
+    """Median over axis 0 ignoring NaN; all-NaN -> NaN without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stack, axis=0).astype(np.float32)
+
+
+def monthly_composites(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL) -> tuple[np.ndarray, np.ndarray]:
+    """12 monthly median composites (12, 10, H, W) in GeoTreeCLIP band order, NaN where a month has no clear
+    observation; and the count of clear acquisitions per month and pixel (12, H, W) uint16.
+
+    Scenes from several years pool into the month of year they were acquired in.
+    """
+    h, w = cube.tile.read_shape
+    comps = np.full((12, len(MODEL_BANDS), h, w), np.nan, dtype=np.float32)
+    counts = np.zeros((12, h, w), dtype=np.uint16)
+    groups = acquisitions(cube.scenes)
+    for month in range(1, 13):
+        month_groups = [g for g in groups if g.key[1].month == month]
+        if not month_groups:
+            continue
+        flat = [i for g in month_groups for i in g.indices]
+        dn, scl = cube.load(flat)
+        refl = harmonise(dn, cube.scale[flat], cube.offset[flat])
+        mask_reflectance(refl, scl, clear)
+        position = {scene_index: k for k, scene_index in enumerate(flat)}
+        per_acq = np.stack([mosaic_first_valid(refl[[position[i] for i in g.indices]]) for g in month_groups])
+        del refl, dn, scl
+        comps[month - 1] = nanmedian_time(per_acq)[_MODEL_ORDER]
+        counts[month - 1] = (~np.isnan(per_acq).any(axis=1)).sum(axis=0)
+        log.debug("tile %s month %02d: %d acquisitions", cube.tile.id, month, len(month_groups))
+    return comps, counts

@@ -1,0 +1,196 @@
+"""GeoTreeCLIP (GlobalGeoTree paper): a location encoder (Sentinel-2 monthly series + 27 auxiliary variables) aligned
+with a CLIP text tower that reads taxon prompts.
+
+Location path: normalise -> per month, resize the 10-band patch to 16 x 16 (bilinear) and take the class token of a
+CLIP vision tower -> zero the missing months -> one self-attention over the 12 months -> mean over months -> image
+projection; auxiliary variables -> four group encoders -> fusion -> aux projection; concat -> fusion = the location
+embedding. Text path: CLIP text tower pooled at the end-of-text token; the official model has no text projection.
+
+Module attribute names follow the official code, so ``state_dict()`` has the tensor names of the official checkpoint
+(``temporal_extractor.clip_vit.model.vision_model...``, ``text_encoder.text_encoder.text_model...``); the plain
+``_Level`` containers exist only to reproduce that nesting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from treemap.models.clip import CLIPTextTransformer, CLIPVisionTransformer
+from treemap.models.config import AUX_GROUPS, GeoTreeCLIPConfig
+from treemap.models.normalise import Normaliser, make_normaliser, month_mask
+
+LOGIT_SCALE = 100.0
+"""Zero-shot logits are cosine similarities times this factor (the official evaluation)."""
+
+
+class _Level(nn.Module):
+    """A named level of module nesting, holding one child."""
+
+    def __init__(self, **children: nn.Module):
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+
+
+def _dense(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.ReLU())
+
+
+class MonthEncoder(nn.Module):
+    """One monthly patch -> a feature vector (class token of the vision tower)."""
+
+    def __init__(self, c: GeoTreeCLIPConfig):
+        super().__init__()
+        self.image_size = c.image_size
+        vision = CLIPVisionTransformer(c.vision_hidden, c.vision_layers, c.vision_heads, c.vision_mlp, c.channels,
+                                       c.image_size, c.patch_size, c.layer_norm_eps)
+        self.model = _Level(vision_model=vision)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        size = (self.image_size, self.image_size)
+        if patches.shape[-2:] != size:
+            patches = F.interpolate(patches, size=size, mode="bilinear", align_corners=False)
+        return self.model.vision_model(patches)
+
+
+class TemporalSelfAttention(nn.Module):
+    """Self-attention over months with ``nn.MultiheadAttention``'s parameter layout (packed q/k/v projection)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, width = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, width // self.heads).transpose(1, 2) for z in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, width))
+
+
+class TemporalPooling(nn.Module):
+    """Self-attention over all months (missing ones take part as zero vectors), then the mean over months."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = TemporalSelfAttention(width, heads)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.attn(features).mean(dim=1)
+
+
+class TemporalEncoder(nn.Module):
+    def __init__(self, c: GeoTreeCLIPConfig):
+        super().__init__()
+        self.clip_vit = MonthEncoder(c)
+        self.temporal_attention = TemporalPooling(c.vision_hidden, c.temporal_heads)
+        self.width = c.vision_hidden
+
+    def forward(self, images: Tensor, present: Tensor) -> Tensor:
+        """``images`` (B, T, C, H, W) normalised, ``present`` (B, T) bool -> (B, width)."""
+        b, t = present.shape
+        features = images.new_zeros(b, t, self.width)
+        if present.any():
+            # Missing months would be multiplied by zero after the vision tower; they are simply not computed.
+            features[present] = self.clip_vit(images[present])
+        return self.temporal_attention(features)
+
+
+class AuxiliaryEncoder(nn.Module):
+    """Four group encoders (geo, terrain, soil, bio) -> concatenation -> fusion."""
+
+    def __init__(self, c: GeoTreeCLIPConfig):
+        super().__init__()
+        self.sizes = c.aux_groups
+        for name, size in zip(AUX_GROUPS, c.aux_groups):
+            self.add_module(f"{name}_encoder", _dense(size, c.aux_hidden))
+        self.fusion = _dense(c.aux_hidden * len(AUX_GROUPS), c.aux_out)
+
+    def forward(self, aux: Tensor) -> Tensor:
+        groups = aux.split(list(self.sizes), dim=-1)
+        encoded = [getattr(self, f"{name}_encoder")(g) for name, g in zip(AUX_GROUPS, groups)]
+        return self.fusion(torch.cat(encoded, dim=-1))
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, c: GeoTreeCLIPConfig):
+        super().__init__()
+        text = CLIPTextTransformer(c.vocab_size, c.text_width, c.text_layers, c.text_heads, c.text_mlp,
+                                   c.context_length, c.layer_norm_eps)
+        self.text_encoder = _Level(text_model=text)
+
+    def forward(self, token_ids: Tensor) -> Tensor:
+        return self.text_encoder.text_model(token_ids)
+
+
+class GeoTreeCLIP(nn.Module):
+    """The GeoTreeCLIP model. ``state_dict()`` names match the official checkpoint ``GGT_6M.pth``."""
+
+    def __init__(self, config: GeoTreeCLIPConfig):
+        super().__init__()
+        self.config = config
+        self.temporal_extractor = TemporalEncoder(config)
+        self.auxiliary_encoder = AuxiliaryEncoder(config)
+        self.text_encoder = TextEncoder(config)
+        self.image_projection = _dense(config.vision_hidden, config.embed_dim)
+        self.aux_projection = _dense(config.aux_out, config.embed_dim)
+        self.fusion = _dense(2 * config.embed_dim, config.embed_dim)
+        self.normaliser: Normaliser = make_normaliser(config)
+
+    # -- normalisation strategy -------------------------------------------------------------------------------
+    def set_normalisation(self, mode: str, *, band_min=None, band_max=None, aux_min=None, aux_max=None) -> None:
+        """Swap the input normalisation (``"batch"``, or ``"fixed"`` with its statistics)."""
+        self.config = self.config.with_normalisation(mode, band_min=band_min, band_max=band_max,
+                                                      aux_min=aux_min, aux_max=aux_max)
+        device = next(self.parameters()).device
+        self.normaliser = make_normaliser(self.config).to(device)
+
+    # -- encoders ---------------------------------------------------------------------------------------------
+    def encode_location(self, images: Tensor, aux: Tensor) -> Tensor:
+        """Location embeddings ``(B, embed_dim)``, not L2-normalised.
+
+        ``images``: ``(B, months, channels, H, W)`` reflectance with NaN for missing data (a month is missing when
+        all its values are NaN); ``aux``: ``(B, 27)`` auxiliary variables with NaN for missing ones.
+        """
+        c = self.config
+        if images.ndim != 5 or images.shape[1:3] != (c.months, c.channels):
+            raise ValueError(f"images must be (B, {c.months}, {c.channels}, H, W), got {tuple(images.shape)}")
+        if aux.ndim != 2 or aux.shape != (images.shape[0], c.n_aux):
+            raise ValueError(f"aux must be ({images.shape[0]}, {c.n_aux}), got {tuple(aux.shape)}")
+        dtype = self.image_projection[0].weight.dtype
+        present = month_mask(images)
+        pixels = self.normaliser.images(images.float()).to(dtype)
+        aux_in = self.normaliser.aux(aux.float()).to(dtype)
+        image_features = self.image_projection(self.temporal_extractor(pixels, present))
+        aux_features = self.aux_projection(self.auxiliary_encoder(aux_in))
+        return self.fusion(torch.cat([image_features, aux_features], dim=-1))
+
+    def encode_text(self, token_ids: Tensor) -> Tensor:
+        """Text embeddings ``(S, embed_dim)`` of token ids ``(S, context_length)``, not L2-normalised."""
+        if token_ids.ndim != 2 or token_ids.shape[1] > self.config.context_length:
+            raise ValueError(f"token_ids must be (S, <= {self.config.context_length}), got {tuple(token_ids.shape)}")
+        return self.text_encoder(token_ids)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """Tokenise prompts with the shipped CLIP tokenizer and encode them."""
+        from treemap.models.tokenizer import tokenize
+
+        ids = tokenize(list(prompts), context_length=self.config.context_length)
+        return self.encode_text(ids.to(self.image_projection[0].weight.device))
+
+    def forward(self, images: Tensor, aux: Tensor, token_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encode_location(images, aux), self.encode_text(token_ids)
+
+    @staticmethod
+    def zero_shot(location_emb: Tensor, text_emb: Tensor) -> Tensor:
+        """Species probabilities ``(B, S)``: softmax over ``100 x`` cosine similarity."""
+        logits = LOGIT_SCALE * F.normalize(location_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+        return logits.softmax(dim=-1)

@@ -1,0 +1,178 @@
+"""Raster products: per-tile GeoTIFFs, their mosaic as Cloud-Optimized GeoTIFFs, band metadata and colour tables.
+
+Nothing is ever written at a final path directly: files are written under a temporary name in the same folder and
+renamed into place, so an interrupted run never leaves a partial product behind.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+from rasterio.shutil import copy as gdal_copy
+
+from treemap.errors import OutputError
+from treemap.grid import Tile, TilePlan
+
+#: Probabilities are stored as uint8: probability = DN * PROB_SCALE; 255 is nodata.
+PROB_SCALE = 0.005
+PROB_MAX_DN = 200
+NODATA_U8 = 255
+
+
+def encode_probability(probs: np.ndarray) -> np.ndarray:
+    """Float probabilities (NaN = nodata) -> uint8 DN."""
+    out = np.full(probs.shape, NODATA_U8, dtype=np.uint8)
+    ok = ~np.isnan(probs)
+    out[ok] = np.clip(np.rint(probs[ok] / PROB_SCALE), 0, PROB_MAX_DN).astype(np.uint8)
+    return out
+
+
+def dominant_class(probs: np.ndarray) -> np.ndarray:
+    """Index of the most probable class along axis 0 as uint8; nodata where the pixel has no probabilities."""
+    if probs.shape[0] >= NODATA_U8:
+        raise OutputError(f"dominant class map supports at most {NODATA_U8 - 1} classes, got {probs.shape[0]}")
+    missing = np.isnan(probs).all(axis=0)
+    out = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=0).astype(np.uint8)
+    out[missing] = NODATA_U8
+    return out
+
+
+def class_colours(n: int) -> list[tuple[int, int, int, int]]:
+    """n distinct, deterministic RGBA colours (golden-angle hues)."""
+    colours = []
+    for i in range(n):
+        hue = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.65 + 0.35 * (i % 2), 0.85 - 0.25 * ((i // 2) % 2))
+        colours.append((round(r * 255), round(g * 255), round(b * 255), 255))
+    return colours
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create the output folder if needed and prove it is writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".treemap-write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except FileExistsError:
+        raise OutputError(f"output path exists and is not a folder: {path}") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def temporary_sibling(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_path(final: Path):
+    """Yield a temporary path next to ``final``; on success rename it into place, on failure remove it."""
+    tmp = temporary_sibling(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_tile_raster(path: Path, tile: Tile, data: np.ndarray, nodata: int = NODATA_U8) -> Path:
+    """A plain tiled GeoTIFF of one tile's core (bands, H, W) uint8, written atomically."""
+    from rasterio.transform import from_origin
+
+    x0, _, _, y1 = tile.core_bounds
+    profile = dict(driver="GTiff", width=tile.width, height=tile.height, count=data.shape[0], dtype="uint8",
+                   crs=f"EPSG:{tile.epsg}", transform=from_origin(x0, y1, tile.resolution, tile.resolution),
+                   nodata=nodata, compress="deflate", tiled=True, blockxsize=256, blockysize=256)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+    return path
+
+
+def _vrt_xml(plan: TilePlan, sources: list[tuple[Tile, Path]], bands: list[dict], tags: dict[str, str],
+             source_band_offset: int = 0) -> str:
+    x0, _, _, y1 = plan.bounds
+    res = plan.resolution
+    parts = [f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">',
+             f"<SRS>EPSG:{plan.epsg}</SRS>", f"<GeoTransform>{x0!r}, {res!r}, 0, {y1!r}, 0, {-res!r}</GeoTransform>"]
+    if tags:
+        parts.append("<Metadata>")
+        parts.extend(f'<MDI key="{escape(k)}">{escape(str(v))}</MDI>' for k, v in tags.items())
+        parts.append("</Metadata>")
+    for b, band in enumerate(bands, start=1):
+        parts.append(f'<VRTRasterBand dataType="Byte" band="{b}">')
+        parts.append(f"<NoDataValue>{NODATA_U8}</NoDataValue>")
+        parts.append(f"<Description>{escape(band['description'])}</Description>")
+        if "scale" in band:
+            parts.append(f"<Offset>{band.get('offset', 0.0)!r}</Offset><Scale>{band['scale']!r}</Scale>")
+        if "categories" in band:
+            parts.append("<ColorInterp>Palette</ColorInterp><ColorTable>")
+            for r, g, bl, a in band["colours"]:
+                parts.append(f'<Entry c1="{r}" c2="{g}" c3="{bl}" c4="{a}"/>')
+            parts.append("</ColorTable><CategoryNames>")
+            parts.extend(f"<Category>{escape(c)}</Category>" for c in band["categories"])
+            parts.append("</CategoryNames>")
+        if band.get("metadata"):
+            parts.append("<Metadata>")
+            parts.extend(f'<MDI key="{escape(k)}">{escape(str(v))}</MDI>' for k, v in band["metadata"].items())
+            parts.append("</Metadata>")
+        for tile, path in sources:
+            col, row, w, h = tile.window
+            parts.append(
+                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename>'
+                f"<SourceBand>{b + source_band_offset}</SourceBand>"
+                f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+                f'<DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+            )
+        parts.append("</VRTRasterBand>")
+    parts.append("</VRTDataset>")
+    return "\n".join(parts)
+
+
+def write_cog_mosaic(
+    final: Path,
+    plan: TilePlan,
+    sources: list[tuple[Tile, Path]],
+    bands: list[dict],
+    tags: dict[str, str] | None = None,
+    resampling: str = "NEAREST",
+    source_band_offset: int = 0,
+) -> Path:
+    """Mosaic per-tile rasters into one COG on the plan's grid (VRT + GDAL's COG driver), atomically.
+
+    ``bands`` holds per output band: ``description``, optional ``scale``/``offset``, ``metadata``, and for a class map
+    ``categories`` + ``colours``. Output band b reads band b + ``source_band_offset`` of each tile raster. Category names are also written to the ``.aux.xml`` sidecar GDAL and QGIS read.
+    """
+    final = Path(final)
+    vrt = temporary_sibling(final).with_suffix(".vrt")
+    vrt.write_text(_vrt_xml(plan, sources, bands, tags or {}, source_band_offset), encoding="utf-8")
+    has_categories = any("categories" in b for b in bands)
+    try:
+        with atomic_path(final) as tmp:
+            with rasterio.Env(GDAL_PAM_ENABLED="YES" if has_categories else "NO"):
+                gdal_copy(str(vrt), str(tmp), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=512,
+                          OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+            aux_tmp = Path(str(tmp) + ".aux.xml")
+            if aux_tmp.exists():
+                os.replace(aux_tmp, Path(str(final) + ".aux.xml"))
+    finally:
+        vrt.unlink(missing_ok=True)
+        for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+            leftover.unlink(missing_ok=True)
+    return final
+
+
+def write_json_atomic(final: Path, payload: dict) -> Path:
+    with atomic_path(final) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return final

@@ -1,0 +1,217 @@
+"""A mapping run: validate the request, search, plan tiles, process each tile, mosaic the products.
+
+Tiles are processed independently and finish with a done-marker in the run's work folder, so a run that crashed
+resumes where it stopped when started again with the same request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+from rasterio.features import geometry_mask
+
+from treemap import __version__
+from treemap.aoi import AOI, read_aoi
+from treemap.composite import monthly_composites
+from treemap.cube import TileCube
+from treemap.errors import DateRangeError, ModelError, NoScenesError
+from treemap.grid import Tile, TilePlan, lonlat_bbox, pixel_centres_lonlat, plan_tiles, to_crs
+from treemap.infer import InferenceSpec, SpeciesPredictor
+from treemap.outputs import (PROB_SCALE, class_colours, dominant_class, encode_probability, ensure_writable_dir,
+                             write_cog_mosaic, write_tile_raster)
+from treemap.stac import Query, Scene, open_catalog
+from treemap.taxonomy import SpeciesList, demo_species_list, load_species_list
+
+log = logging.getLogger("treemap.run")
+
+WORK_DIR = ".treemap-work"
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    aoi: Path
+    out: Path
+    catalog: str = "earth-search"
+    start: date | None = None
+    end: date | None = None
+    max_cloud: float = 100.0
+    tile_size: int = 512
+    model: Path | None = None
+    species: Path | None = None
+    batch_size: int = 4096
+    device: str = "auto"
+    keep_work: bool = False
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    products: dict[str, Path]
+    epsg: int
+    bounds: tuple[float, float, float, float]
+    tiles: int
+    scenes: int
+    start: date
+    end: date
+    species: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict:
+        return {
+            "products": {k: str(v) for k, v in self.products.items()},
+            "epsg": self.epsg,
+            "bounds": list(self.bounds),
+            "tiles": self.tiles,
+            "scenes": self.scenes,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "species": list(self.species),
+        }
+
+
+def resolve_dates(start: date | None, end: date | None, default_year: int) -> tuple[date, date]:
+    """Fill a missing end (or start) so the window spans one year; reject start after end."""
+    if start is None and end is None:
+        return date(default_year, 1, 1), date(default_year, 12, 31)
+    if start is None:
+        start = date(end.year - 1, end.month, end.day) + timedelta(days=1)
+    if end is None:
+        end = date(start.year + 1, start.month, start.day) - timedelta(days=1)
+    if start > end:
+        raise DateRangeError(f"--start {start.isoformat()} is after --end {end.isoformat()}")
+    return start, end
+
+
+def _load_model(request: PredictRequest):
+    """The model and species list for a run: the seeded demo model for the demo catalog, else --model."""
+    from treemap.models.checkpoint import demo_model, load_model
+
+    if request.model is None:
+        if request.catalog != "demo":
+            raise ModelError("--model is required outside the demo catalog (e.g. an imported GGT_6M checkpoint)")
+        model, card = demo_model()
+    else:
+        model, card = load_model(request.model)
+    if request.species is not None:
+        species = load_species_list(request.species)
+    elif request.catalog == "demo":
+        species = demo_species_list()
+    else:
+        raise ModelError("--species is required: a CSV with level0, level1_family, level2_genus, level3_species")
+    return model, card, species
+
+
+def _fingerprint(aoi: AOI, plan: TilePlan, scenes: list[Scene], species: SpeciesList, request: PredictRequest,
+                 model_id: str) -> str:
+    payload = {
+        "version": __version__,
+        "aoi": aoi.to_geojson(),
+        "plan": [plan.epsg, plan.resolution, list(plan.bounds), plan.tile_size, plan.halo],
+        "scenes": [s.id for s in scenes],
+        "species": list(species.prompts),
+        "model": model_id,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tile_scenes(scenes: list[Scene], tile: Tile) -> list[Scene]:
+    w, s, e, n = lonlat_bbox(tile.read_bounds, tile.epsg)
+    return [sc for sc in scenes if sc.bbox[0] <= e and w <= sc.bbox[2] and sc.bbox[1] <= n and s <= sc.bbox[3]]
+
+
+def process_tile(tile: Tile, scenes: list[Scene], local_aoi, predictor: SpeciesPredictor, work: Path) -> Path | None:
+    """Composites -> probabilities for one tile, written to the work folder; returns the tile raster path."""
+    done = work / f"{tile.id}.done"
+    path = work / f"{tile.id}.tif"
+    if done.exists() and path.exists():
+        log.info("tile %s already done; skipping", tile.id)
+        return path
+    tile_scenes = _tile_scenes(scenes, tile)
+    if not tile_scenes:
+        log.warning("tile %s: no scenes cover it; left as nodata", tile.id)
+        return None
+    cube = TileCube(tile_scenes, tile)
+    composites, _ = monthly_composites(cube)
+    from rasterio.transform import from_origin
+
+    x0, _, _, y1 = tile.core_bounds
+    valid = geometry_mask([local_aoi], out_shape=(tile.height, tile.width), invert=True,
+                          transform=from_origin(x0, y1, tile.resolution, tile.resolution))
+    probs = predictor.predict_tile(composites, tile.halo, pixel_centres_lonlat(tile), valid)
+    data = np.concatenate([encode_probability(probs), dominant_class(probs)[None]])
+    write_tile_raster(path, tile, data)
+    done.write_text(json.dumps({"tile": tile.id, "scenes": len(tile_scenes)}), encoding="utf-8")
+    return path
+
+
+def predict(request: PredictRequest) -> PredictResult:
+    """Run a mapping job and return the products written."""
+    default_year = date.today().year - 1
+    if request.catalog == "demo":
+        from treemap.demo import WorldSpec
+
+        default_year = WorldSpec().year
+    start, end = resolve_dates(request.start, request.end, default_year)
+    aoi = read_aoi(request.aoi)
+    out = ensure_writable_dir(Path(request.out))
+    catalog = open_catalog(request.catalog)
+    scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud))
+    if not scenes:
+        raise NoScenesError(
+            f"no Sentinel-2 L2A scenes in {catalog.name} for the AOI between {start} and {end}"
+            + (f" with at most {request.max_cloud:g} % cloud" if request.max_cloud < 100 else "")
+        )
+    log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
+    model, card, species = _load_model(request)
+    plan = plan_tiles(aoi, tile_size=request.tile_size)
+    local_aoi = to_crs(aoi.geometry, plan.epsg)
+    log.info("grid EPSG:%d, %d x %d px, %d tile(s)", plan.epsg, plan.width, plan.height, len(plan.tiles))
+
+    model_id = getattr(card, "source_sha256", None) or json.dumps(asdict(card), sort_keys=True, default=str)
+    work = out / WORK_DIR / _fingerprint(aoi, plan, scenes, species, request, str(model_id))
+    work.mkdir(parents=True, exist_ok=True)
+    predictor = SpeciesPredictor(model, species, InferenceSpec(request.batch_size, request.device))
+    sources = []
+    for k, tile in enumerate(plan.tiles, start=1):
+        log.info("tile %s (%d/%d)", tile.id, k, len(plan.tiles))
+        path = process_tile(tile, scenes, local_aoi, predictor, work)
+        if path is not None:
+            sources.append((tile, path))
+    if not sources:
+        raise NoScenesError("no tile of the AOI is covered by any scene")
+
+    products = write_products(out, plan, sources, species, start, end, len(scenes))
+    if not request.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return PredictResult(products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end, species.species)
+
+
+def write_products(out: Path, plan: TilePlan, sources, species: SpeciesList, start: date, end: date,
+                   n_scenes: int) -> dict[str, Path]:
+    """Mosaic the per-tile rasters into the final COGs."""
+    tags = {"TREEMAP_VERSION": __version__, "TREEMAP_PERIOD": f"{start.isoformat()}/{end.isoformat()}",
+            "TREEMAP_SCENES": str(n_scenes)}
+    prob_bands = [
+        {"description": name, "scale": PROB_SCALE, "offset": 0.0,
+         "metadata": {"species": name, "genus": t.genus, "family": t.family, "level0": t.level0}}
+        for name, t in zip(species.species, species.taxa)
+    ]
+    products = {
+        "species_probability": write_cog_mosaic(
+            out / "species_probability.tif", plan, sources, prob_bands,
+            tags={**tags, "PROBABILITY_SCALE": str(PROB_SCALE), "PROBABILITY_NODATA": "255"}, resampling="AVERAGE"),
+    }
+    n = len(species)
+    dominant_band = [{
+        "description": "dominant species", "categories": list(species.species), "colours": class_colours(n),
+        "metadata": {f"CLASS_{i}": name for i, name in enumerate(species.species)},
+    }]
+    # The dominant class is the last band of each tile raster, after the n probability bands.
+    products["dominant_species"] = write_cog_mosaic(
+        out / "dominant_species.tif", plan, sources, dominant_band, tags=tags, source_band_offset=n)
+    return products
