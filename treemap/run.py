@@ -151,13 +151,13 @@ def process_tile(tile: Tile, scenes: list[Scene], local_aoi, predictor: SpeciesP
 
 def predict(request: PredictRequest) -> PredictResult:
     """Run a mapping job and return the products written."""
+    aoi = read_aoi(request.aoi)
     default_year = date.today().year - 1
     if request.catalog == "demo":
         from treemap.demo import WorldSpec
 
         default_year = WorldSpec().year
     start, end = resolve_dates(request.start, request.end, default_year)
-    aoi = read_aoi(request.aoi)
     out = ensure_writable_dir(Path(request.out))
     catalog = open_catalog(request.catalog)
     scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud))

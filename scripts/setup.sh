@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up treemap in ./.venv on a fresh Debian/Ubuntu machine.
+#   bash scripts/setup.sh          runtime only
+#   bash scripts/setup.sh --test   plus the test extras and the Debian tools the tests use (GDAL command line)
+# torch is installed first and pinned, so pip never pulls a multi-GB CUDA build on a CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+
+if [ "$want_test" = 1 ] && ! command -v gdalinfo >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends gdal-bin >/dev/null
+  else
+    echo "setup: gdal-bin is missing; install it (e.g. sudo apt-get install gdal-bin) for the GDAL checks" >&2
+  fi
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
+fi
+if [ "$want_test" = 1 ]; then
+  .venv/bin/python -m pip install -q -e '.[test]'
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+echo "setup: treemap installed in .venv" >&2

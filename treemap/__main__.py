@@ -1,0 +1,3 @@
+from treemap.cli import main
+
+main()
