@@ -1,6 +1,7 @@
 """Harmonisation, SCL masking, acquisition mosaics and monthly composites against a NumPy reference that reads the
 COGs with plain rasterio and index arithmetic (no warping)."""
 
+import warnings
 from datetime import date
 
 import numpy as np
@@ -86,21 +87,10 @@ def reference_composites(scenes, tile) -> np.ndarray:
     for month in range(1, 13):
         stack = [v for (_, d), v in per_acq.items() if d.month == month]
         if stack:
-            with np.errstate(all="ignore"), _nullwarn():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 out[month - 1] = np.nanmedian(np.stack(stack), axis=0)
     return out
-
-
-class _nullwarn:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._w.__exit__(*exc)
 
 
 def test_monthly_composites_match_numpy_reference(small_world):

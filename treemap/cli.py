@@ -72,7 +72,32 @@ def _year_window(year, start, end):
     return start, end
 
 
+def _load_recipe(ctx, param, value):
+    """--recipe FILE: a YAML mapping of option names to values, used as defaults (command-line options win)."""
+    if value is None:
+        return None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read recipe {value}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"recipe {value} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise click.BadParameter(f"recipe {value} must be a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    defaults = {str(k).replace("-", "_"): v for k, v in doc.items()}
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise click.BadParameter(f"recipe {value} has unknown options: {', '.join(unknown)}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 @cli.command()
+@click.option("--recipe", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
+              callback=_load_recipe, help="YAML file of option defaults (see recipes/).")
 @click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path, dir_okay=True),
               help="Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326.")
 @click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),

@@ -1,0 +1,1 @@
+"""Pretraining and evaluation for treemap's encoders (GeoTreeCLIP contrastive, SeCo-Eco seasonal contrast)."""
