@@ -28,6 +28,11 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 if [ "$want_test" = 1 ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
+  # open_clip's tokenizer is the reference for tokenizer parity; its package is never installed or imported
+  # (it needs torchvision), the tests read tokenizer.py and the vocabulary out of the wheel.
+  if ! ls .venv/test-wheels/open_clip_torch-*.whl >/dev/null 2>&1; then
+    .venv/bin/python -m pip download -q --no-deps "open_clip_torch==3.3.0" -d .venv/test-wheels
+  fi
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -116,3 +116,17 @@ def test_monthly_composites_match_numpy_reference(small_world):
     # all present values are plausible harmonised reflectances
     present = comps[~np.isnan(comps)]
     assert present.min() > -0.05 and present.max() < 1.2
+
+
+@pytest.mark.parametrize("t", [1, 2, 5, 8])
+def test_nanmedian_matches_numpy(t):
+    from treemap.composite import nanmedian_time
+
+    rng = np.random.default_rng(t)
+    stack = rng.normal(size=(t, 3, 20, 20)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.4] = np.nan
+    stack[:, :, 0, 0] = np.nan  # a pixel never observed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(stack, axis=0)
+    np.testing.assert_array_equal(nanmedian_time(stack), expected.astype(np.float32))

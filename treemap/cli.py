@@ -111,8 +111,8 @@ def _load_recipe(ctx, param, value):
               help="Skip scenes with more cloud cover (percent); pixels are masked with SCL anyway.")
 @click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
               help="Tile edge in 10 m pixels.")
-@click.option("--model", type=click.Path(path_type=Path), help="Model: treemap .safetensors or official .pth.")
-@click.option("--species", type=click.Path(path_type=Path), help="Candidate species list (CSV).")
+@click.option("--model", help="Model: a treemap .safetensors, an official .pth, or 'demo' (default for --catalog demo).")
+@click.option("--species", help="Candidate species list CSV, or 'demo' (default for --catalog demo).")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")

@@ -6,7 +6,6 @@ The cube is read month by month, so memory stays at one month of one tile.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 
@@ -46,10 +45,21 @@ def mosaic_first_valid(stack: np.ndarray) -> np.ndarray:
 
 
 def nanmedian_time(stack: np.ndarray) -> np.ndarray:
-    """Median over axis 0 ignoring NaN; all-NaN -> NaN without a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(stack, axis=0).astype(np.float32)
+    """Median over axis 0 ignoring NaN (the mean of the two middle values for an even count); all-NaN -> NaN.
+
+    Sorts once (NaN sorts last) and picks the middle of each pixel's valid prefix: several times faster than
+    ``np.nanmedian`` on (time, band, y, x) stacks with few dates.
+    """
+    ordered = np.sort(stack, axis=0)
+    n = (~np.isnan(stack)).sum(axis=0)
+    lo = np.maximum((n - 1) // 2, 0)[None]
+    hi = (n // 2)[None]
+    hi = np.minimum(hi, stack.shape[0] - 1)
+    low = np.take_along_axis(ordered, lo, axis=0)[0]
+    high = np.take_along_axis(ordered, hi, axis=0)[0]
+    out = ((low + high) / 2).astype(np.float32)
+    out[n == 0] = np.nan
+    return out
 
 
 def monthly_composites(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL) -> tuple[np.ndarray, np.ndarray]:

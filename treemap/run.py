@@ -43,8 +43,8 @@ class PredictRequest:
     end: date | None = None
     max_cloud: float = 100.0
     tile_size: int = 512
-    model: Path | None = None
-    species: Path | None = None
+    model: Path | str | None = None  # a checkpoint path, or "demo"
+    species: Path | str | None = None  # a species-list CSV, or "demo"
     batch_size: int = 4096
     device: str = "auto"
     keep_work: bool = False
@@ -88,21 +88,19 @@ def resolve_dates(start: date | None, end: date | None, default_year: int) -> tu
 
 
 def _load_model(request: PredictRequest):
-    """The model and species list for a run: the seeded demo model for the demo catalog, else --model."""
+    """The model and species list of a run. ``demo`` names the built-in demo model / species list, which are also
+    the defaults for the demo catalog; any other catalog needs --model and --species."""
     from treemap.models.checkpoint import demo_model, load_model
 
-    if request.model is None:
-        if request.catalog != "demo":
-            raise ModelError("--model is required outside the demo catalog (e.g. an imported GGT_6M checkpoint)")
-        model, card = demo_model()
-    else:
-        model, card = load_model(request.model)
-    if request.species is not None:
-        species = load_species_list(request.species)
-    elif request.catalog == "demo":
-        species = demo_species_list()
-    else:
+    is_demo = request.catalog == "demo"
+    model_ref = request.model if request.model is not None else ("demo" if is_demo else None)
+    species_ref = request.species if request.species is not None else ("demo" if is_demo else None)
+    if model_ref is None:
+        raise ModelError("--model is required outside the demo catalog (e.g. an imported GGT_6M checkpoint)")
+    if species_ref is None:
         raise ModelError("--species is required: a CSV with level0, level1_family, level2_genus, level3_species")
+    model, card = demo_model() if str(model_ref) == "demo" else load_model(model_ref)
+    species = demo_species_list() if str(species_ref) == "demo" else load_species_list(species_ref)
     return model, card, species
 
 

@@ -11,11 +11,14 @@ import torch
 
 from treemap.errors import ModelError, OutputError
 from treemap.models import (
-    AUX_VARIABLES, BANDS, GeoTreeCLIPConfig, ModelCard, demo_model, load_model, random_model, save_model, tokenize,
+    AUX_VARIABLES, BANDS, GeoTreeCLIPConfig, ModelCard, demo_model, load_model, save_model, tokenize,
 )
 from treemap.models.checkpoint import CARD_KEY
 
-PROMPTS = ["Deciduous Broadleaf / Fagaceae / Fagus / Fagus sylvatica", "Evergreen Needleleaf / Pinaceae / Pinus / Pinus nigra"]
+PROMPTS = [
+    "Deciduous Broadleaf / Fagaceae / Fagus / Fagus sylvatica",
+    "Evergreen Needleleaf / Pinaceae / Pinus / Pinus nigra",
+]
 
 
 def outputs(model, make_inputs, batch=4):
@@ -172,7 +175,11 @@ def test_safetensors_without_card_or_with_bad_card(tiny_model, tmp_path):
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={CARD_KEY: "{\"config\": {\"vision_hidden\": -1}}"})
     card = dataclasses.replace(ModelCard.for_model(tiny_model), config=GeoTreeCLIPConfig.full().to_dict())
     save_file(tensors, str(tmp_path / "mismatch.safetensors"), metadata={CARD_KEY: card.to_json()})
-    for name in ("bare", "bad", "mismatch"):
+    demo, demo_card = demo_model()
+    stats = {**demo_card.statistics, "band_max": [0.5] * 10}
+    save_file({k: v.contiguous() for k, v in demo.state_dict().items()}, str(tmp_path / "stats.safetensors"),
+              metadata={CARD_KEY: dataclasses.replace(demo_card, statistics=stats).to_json()})
+    for name in ("bare", "bad", "mismatch", "stats"):
         with pytest.raises(ModelError) as excinfo:
             load_model(tmp_path / f"{name}.safetensors")
         assert_one_line_model_error(excinfo)

@@ -21,7 +21,7 @@ from treemap.models.tokenizer import EOT_ID, SOT_ID, VOCAB_SIZE, default_tokeniz
 DATA = Path(__file__).parent / "data"
 WHEEL_CANDIDATES = [
     os.environ.get("TREEMAP_OPEN_CLIP_WHEEL", ""),
-    "/tmp/open_clip_torch-3.3.0-py3-none-any.whl",
+    str(Path(__file__).resolve().parents[2] / ".venv" / "test-wheels" / "open_clip_torch-3.3.0-py3-none-any.whl"),
 ]
 
 
@@ -53,7 +53,8 @@ def reference(tmp_path_factory):
             pytest.skip(f"tokenizer parity needs the test-only package {dep!r} (pip install ftfy regex)")
     source = _reference_source(tmp_path_factory.mktemp("open_clip_ref"))
     if source is None:
-        pytest.skip("tokenizer parity needs open_clip's tokenizer.py: set TREEMAP_OPEN_CLIP_WHEEL to an open_clip_torch wheel")
+        pytest.skip("tokenizer parity needs open_clip's tokenizer.py: "
+                    "set TREEMAP_OPEN_CLIP_WHEEL to an open_clip_torch wheel")
     spec = importlib.util.spec_from_file_location("_open_clip_tokenizer_reference", source)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -37,10 +37,8 @@ class CloudModel:
         self.p, self.q = _pow2(2 * self.h), _pow2(2 * self.w)
         self.fields = []
         for _ in range(2):
-            f = (0.85 * smooth_noise(rng, (self.p, self.q), 40.0, periodic=True)
-                 + 0.45 * smooth_noise(rng, (self.p, self.q), 12.0, periodic=True)
-                 + 0.20 * smooth_noise(rng, (self.p, self.q), 4.0, periodic=True))
-            self.fields.append(((f - f.mean()) / f.std()).astype(np.float32))
+            self.fields.append(smooth_noise(rng, (self.p, self.q), (40.0, 12.0, 4.0), (1.0, 0.9, 0.7),
+                                            periodic=True))
         lat = 50.0
         params: list[DateClouds] = []
         pos_a = rng.integers(0, [self.p, self.q])

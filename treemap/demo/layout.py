@@ -7,9 +7,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from treemap.demo.classes import (AUTUMN_SD, BLOSSOM, BLOSSOM_DOY, BLOSSOM_SD, BUILT_UP, CROP_CALENDARS, CROPLAND,
-                                  GRASSLAND, URBAN_MATERIALS, WATER, ClassDef)
+                                  FOREST_FLOOR, GRASSLAND, URBAN_MATERIALS, WATER, ClassDef)
 from treemap.demo.spec import WorldSpec, tile_grids
 
 log = logging.getLogger("treemap.demo")
@@ -22,20 +23,41 @@ def stream(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *key]))
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float,
-                 periodic: bool = False) -> np.ndarray:
-    """Gaussian-filtered white noise, standardised to mean 0 and sd 1 (float32)."""
+def _fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (fast FFT sizes)."""
+    best = 1 << int(np.ceil(np.log2(max(n, 1))))
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float | tuple[float, ...],
+                 weights: tuple[float, ...] = (1.0,), periodic: bool = False) -> np.ndarray:
+    """Gaussian-filtered white noise, standardised to mean 0 and sd 1 (float32).
+
+    ``sigma`` may list several scales, mixed with ``weights`` (one FFT). ``periodic`` fields wrap around.
+    """
+    sigmas = (sigma,) if np.isscalar(sigma) else tuple(sigma)
     h, w = shape
     if periodic:
         ph, pw = h, w
     else:
-        pad = int(np.ceil(3 * sigma))
-        ph, pw = h + pad, w + pad
+        pad = int(np.ceil(3 * max(sigmas)))
+        ph, pw = _fast_len(h + pad), _fast_len(w + pad)
     white = rng.standard_normal((ph, pw))
     fy = np.fft.fftfreq(ph)[:, None]
     fx = np.fft.rfftfreq(pw)[None, :]
-    spec = np.fft.rfft2(white) * np.exp(-2.0 * (np.pi * sigma) ** 2 * (fx ** 2 + fy ** 2))
-    out = np.fft.irfft2(spec, s=(ph, pw))[:h, :w]
+    f2 = fx ** 2 + fy ** 2
+    transfer = sum(wt * s * np.exp(-2.0 * (np.pi * s) ** 2 * f2) for wt, s in zip(weights, sigmas))
+    out = np.fft.irfft2(np.fft.rfft2(white) * transfer, s=(ph, pw))[:h, :w]
     out -= out.mean()
     sd = out.std()
     return (out / (sd if sd > 0 else 1.0)).astype(np.float32)
@@ -47,6 +69,24 @@ class Layout:
     stand: np.ndarray  # (H, W) int32 Voronoi cell (stand / field) id
     n_stands: int
     crop_calendar: np.ndarray  # (n_stands,) int: index into CROP_CALENDARS
+
+
+@njit(nogil=True, cache=True)
+def _nearest(py, px, seeds):  # pragma: no cover - compiled
+    """Index of the nearest seed (row, col) for each point; ties go to the lower index."""
+    out = np.empty(py.shape[0], dtype=np.int32)
+    for i in range(py.shape[0]):
+        best = np.inf
+        arg = 0
+        for j in range(seeds.shape[0]):
+            dy = py[i] - seeds[j, 0]
+            dx = px[i] - seeds[j, 1]
+            d = dy * dy + dx * dx
+            if d < best:
+                best = d
+                arg = j
+        out[i] = arg
+    return out
 
 
 def _voronoi(spec: WorldSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -69,11 +109,7 @@ def _voronoi(spec: WorldSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.
     sigma = max(3.0, np.sqrt(mean_px) / 4.0)
     wy = (np.arange(h, dtype=np.float32)[:, None] + amp * smooth_noise(rng, (h, w), sigma)).ravel()
     wx = (np.arange(w, dtype=np.float32)[None, :] + amp * smooth_noise(rng, (h, w), sigma)).ravel()
-    stand = np.empty(h * w, dtype=np.int32)
-    step = max(1, 4_000_000 // n)
-    for i in range(0, h * w, step):
-        d = (wy[i:i + step, None] - seeds[None, :, 0]) ** 2 + (wx[i:i + step, None] - seeds[None, :, 1]) ** 2
-        stand[i:i + step] = np.argmin(d, axis=1)
+    stand = _nearest(wy.astype(np.float32), wx.astype(np.float32), seeds)
     return stand.reshape(h, w), seeds
 
 
@@ -106,7 +142,7 @@ def build_layout(spec: WorldSpec, table: tuple[ClassDef, ...]) -> Layout:
     water |= d < 1.0
 
     # village beside the river, near the middle (so often inside the tiles' overlap)
-    rv = np.sqrt(0.035 * h * w / np.pi)
+    rv = np.sqrt(0.03 * h * w / np.pi)
     vx = rng.uniform(0.35, 0.65) * w
     side = 1.0 if rng.random() < 0.5 else -1.0
     vy = float(np.clip(yc[int(vx)] + side * 0.6 * rv, 0.7 * rv, h - 0.7 * rv))
@@ -204,21 +240,26 @@ def build_fields(spec: WorldSpec, table: tuple[ClassDef, ...], layout: Layout) -
     par = np.array([(c.sos, c.eos, c.rup, c.rdn) for c in table], dtype=np.float32)
 
     # per-stand draws (timing in days, spectral factors multiplicative)
-    s_sos = rng.normal(0, 4.0, ns)
-    s_eos = rng.normal(0, 4.0, ns)
-    s_rate = np.exp(rng.normal(0, 0.1, ns))
-    s_bright = np.exp(rng.normal(0, 0.03, ns))
-    s_nir = np.exp(rng.normal(0, 0.025, ns))
-    s_swir = np.exp(rng.normal(0, 0.03, ns))
-    s_aut = rng.uniform(0.6, 1.4, ns)
+    s_sos = rng.normal(0, 7.0, ns)
+    s_eos = rng.normal(0, 8.0, ns)
+    s_rate = np.exp(rng.normal(0, 0.12, ns))
+    s_bright = np.exp(rng.normal(0, 0.05, ns))
+    s_nir = np.exp(rng.normal(0, 0.04, ns))
+    s_swir = np.exp(rng.normal(0, 0.045, ns))
+    s_amp = np.exp(rng.normal(0, 0.15, ns))  # seasonal amplitude (leaf-off state relative to leaf-on)
+    s_cover = rng.uniform(0.75, 1.0, ns)  # canopy cover of forest stands; the rest shows the forest floor
+    s_floor = np.exp(rng.normal(0, 0.1, ns))
+    s_aut = rng.uniform(0.3, 1.5, ns)
     s_field = rng.normal(0, 7.0, ns)  # extra timing spread of crop fields and meadows
     s_blossom = rng.uniform(0.6, 1.2, ns)
     # per-pixel draws
     p_sos = rng.normal(0, 2.0, npx)
     p_eos = rng.normal(0, 2.0, npx)
-    p_bright = np.exp(rng.normal(0, 0.015, npx))
-    p_band = np.exp(rng.normal(0, 0.01, (10, npx)))
-    urban_w = rng.gamma(0.6, size=(npx, 3))
+    p_bright = np.exp(rng.normal(0, 0.012, npx))
+    p_band = np.exp(rng.normal(0, 0.008, (10, npx)))
+    # built-up materials in blocks of a few pixels (roofs, streets, squares)
+    urban_w = np.stack([np.exp(1.8 * smooth_noise(rng, codes.shape, 1.2)).ravel() for _ in range(3)], axis=1)
+    urban_w *= np.exp(rng.normal(0, 0.3, (npx, 3)))
 
     band_factor = np.ones((10, ns), dtype=np.float64)
     band_factor[3] = np.sqrt(s_nir)  # B05 half way
@@ -227,8 +268,13 @@ def build_fields(spec: WorldSpec, table: tuple[ClassDef, ...], layout: Layout) -
     band_factor *= s_bright
     factor = (band_factor[:, stand] * p_bright * p_band).astype(np.float32)
 
-    off = off_t[ci].T * factor
-    on = on_t[ci].T * factor
+    on = on_t[ci].T
+    off = on - (on - off_t[ci].T) * s_amp[stand].astype(np.float32)
+    tree = np.array([c.kind == "tree" for c in table])[ci]
+    cover = np.where(tree, s_cover[stand], 1.0).astype(np.float32)
+    floor = FOREST_FLOOR[:, None] * s_floor[stand].astype(np.float32)
+    on = (on * cover + floor * (1 - cover)) * factor
+    off = (off * cover + floor * (1 - cover)) * factor
     urban = codes.ravel() == BUILT_UP
     if urban.any():
         wts = urban_w[urban] / urban_w[urban].sum(axis=1, keepdims=True)
@@ -281,7 +327,15 @@ def surface(f: Fields, t, idx=slice(None), bands=range(10)) -> np.ndarray:
     np.clip(v, 0.0, 1.0, out=v)
     ga = np.exp(-0.5 * ((t - eos) / AUTUMN_SD) ** 2)
     gb = f.blossom[idx] * np.exp(-0.5 * ((t - f.blossom_doy[idx]) / BLOSSOM_SD) ** 2)
+    use_a = bool(ga.max() > 1e-7)
+    use_b = bool(gb.max() > 1e-7)
     out = np.empty((len(bands),) + v.shape, dtype=np.float32)
     for j, b in enumerate(bands):
-        out[j] = f.off[b, idx] + f.dv[b, idx] * v + f.autumn[b, idx] * ga + BLOSSOM[b] * gb
+        o = out[j]
+        np.multiply(f.dv[b, idx], v, out=o)
+        o += f.off[b, idx]
+        if use_a:
+            o += f.autumn[b, idx] * ga
+        if use_b:
+            o += BLOSSOM[b] * gb
     return out

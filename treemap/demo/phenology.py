@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
+from treemap.demo.classes import AUTUMN_SD, BLOSSOM, BLOSSOM_SD
 from treemap.demo.layout import Fields, surface
 
 METRICS: tuple[str, ...] = ("Greenup", "MidGreenup", "Maturity", "Peak", "Senescence", "MidGreendown", "Dormancy")
@@ -45,8 +47,79 @@ def transition_dates(curve: np.ndarray, min_amplitude: float = MIN_AMPLITUDE) ->
     return out.astype(np.int16)
 
 
+@njit(nogil=True, cache=True)
+def _kernel(off, dv, aut, sos, eos, rup, rdn, blossom, bdoy, blossom_spec, autumn_sd, blossom_sd, n_days,
+            min_amp, out):  # pragma: no cover - compiled
+    n = sos.shape[0]
+    curve = np.empty(n_days)
+    for i in range(n):
+        for d in range(n_days):
+            t = d + 1.0
+            z1 = min(max((t - sos[i]) / rup[i], -60.0), 60.0)
+            z2 = min(max((t - eos[i]) / rdn[i], -60.0), 60.0)
+            v = 1.0 / (1.0 + np.exp(-z1)) - 1.0 / (1.0 + np.exp(-z2))
+            v = min(max(v, 0.0), 1.0)
+            za = (t - eos[i]) / autumn_sd
+            ga = np.exp(-0.5 * za * za) if abs(za) < 9.0 else 0.0
+            gb = 0.0
+            if blossom[i] != 0.0:
+                zb = (t - bdoy[i]) / blossom_sd
+                gb = blossom[i] * np.exp(-0.5 * zb * zb) if abs(zb) < 9.0 else 0.0
+            b = off[0, i] + dv[0, i] * v + aut[0, i] * ga + blossom_spec[0] * gb
+            r = off[1, i] + dv[1, i] * v + aut[1, i] * ga + blossom_spec[1] * gb
+            nr = off[2, i] + dv[2, i] * v + aut[2, i] * ga + blossom_spec[2] * gb
+            curve[d] = 2.5 * (nr - r) / (nr + 6.0 * r - 7.5 * b + 1.0)
+        peak = 0
+        lo = curve[0]
+        for d in range(1, n_days):
+            if curve[d] > curve[peak]:
+                peak = d
+            if curve[d] < lo:
+                lo = curve[d]
+        amp = curve[peak] - lo
+        ok = amp >= min_amp
+        out[3, i] = peak + 1
+        for k in range(3):
+            thr = lo + (0.15, 0.5, 0.9)[k] * amp
+            first = -1
+            for d in range(1, peak + 1):
+                if curve[d] >= thr and curve[d - 1] < thr:
+                    first = d
+                    break
+            last = -1
+            for d in range(n_days - 2, peak - 1, -1):
+                if curve[d] >= thr and curve[d + 1] < thr:
+                    last = d
+                    break
+            if first < 0 or last < 0:
+                ok = False
+            out[k, i] = first + 1
+            out[6 - k, i] = last + 1
+        for k in range(6):
+            if out[k, i] > out[k + 1, i]:
+                ok = False
+        if not ok:
+            for k in range(7):
+                out[k, i] = NODATA
+
+
 def phenology_chunk(f: Fields, idx: np.ndarray, n_days: int) -> np.ndarray:
-    """Truth dates for the pixels ``idx`` (flat indices): (7, len(idx)) int16."""
+    """Truth dates (1-based DOY) for the pixels ``idx`` (flat indices): (7, len(idx)) int16."""
+    bands = [0, 2, 6]  # B02, B04, B08
+    out = np.empty((7, len(idx)), dtype=np.int16)
+    _kernel(np.ascontiguousarray(f.off[bands][:, idx], dtype=np.float64),
+            np.ascontiguousarray(f.dv[bands][:, idx], dtype=np.float64),
+            np.ascontiguousarray(f.autumn[bands][:, idx], dtype=np.float64),
+            f.sos[idx].astype(np.float64), f.eos[idx].astype(np.float64), f.rup[idx].astype(np.float64),
+            f.rdn[idx].astype(np.float64), f.blossom[idx].astype(np.float64),
+            f.blossom_doy[idx].astype(np.float64), BLOSSOM[bands].astype(np.float64), AUTUMN_SD, BLOSSOM_SD,
+            n_days, MIN_AMPLITUDE, out)
+    out[:, ~f.has_cycle[idx]] = NODATA
+    return out
+
+
+def phenology_chunk_numpy(f: Fields, idx: np.ndarray, n_days: int) -> np.ndarray:
+    """Reference implementation of :func:`phenology_chunk` in plain numpy (float32; slow, for tests)."""
     t = np.arange(1, n_days + 1, dtype=np.float32)[:, None]
     b, r, nr = surface(f, t, idx, bands=(0, 2, 6))
     out = transition_dates(evi(b, r, nr))

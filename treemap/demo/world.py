@@ -39,14 +39,14 @@ _SCL_CLEAR_NDVI = 0.3
 
 def write_cog(path: Path, data: np.ndarray, transform: Affine, crs: CRS, nodata: float,
               categorical: bool = False, descriptions: tuple[str, ...] | None = None) -> None:
-    """One (bands, rows, cols) or (rows, cols) array as a Cloud-Optimized GeoTIFF (deflate, 512 px tiles)."""
+    """One (bands, rows, cols) or (rows, cols) array as a Cloud-Optimized GeoTIFF (zstd, 512 px tiles)."""
     if data.ndim == 2:
         data = data[None]
-    predictor = 1 if categorical else 2
+    predictor = "NO" if categorical else "YES"
     with rasterio.open(
         path, "w", driver="COG", width=data.shape[2], height=data.shape[1], count=data.shape[0],
         dtype=data.dtype.name, crs=crs, transform=transform, nodata=nodata,
-        compress="DEFLATE", predictor=predictor, blocksize=512, bigtiff="NO",
+        compress="ZSTD", level=1, predictor=predictor, blocksize=512, bigtiff="NO",
         overview_resampling="NEAREST" if categorical else "AVERAGE",
     ) as dst:
         dst.write(data)
@@ -57,8 +57,11 @@ def write_cog(path: Path, data: np.ndarray, transform: Affine, crs: CRS, nodata:
 
 def _block_mean(a: np.ndarray) -> np.ndarray:
     """2 x 2 block mean over the last two axes."""
-    *lead, h, w = a.shape
-    return a.reshape(*lead, h // 2, 2, w // 2, 2).mean(axis=(-3, -1), dtype=np.float32)
+    out = a[..., 0::2, 0::2] + a[..., 1::2, 0::2]
+    out += a[..., 0::2, 1::2]
+    out += a[..., 1::2, 1::2]
+    out *= 0.25
+    return out.astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -82,51 +85,52 @@ class _Renderer:
     def platform(self, k: int) -> str:
         return "sentinel-2a" if k % 2 == 0 else "sentinel-2b"
 
-    def render(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Acquisition ``k`` on the world grid: DN at 10 m (4, H, W), DN at 20 m (6, H/2, W/2), SCL (H/2, W/2),
-        and the observed reflectance at 10 m before quantisation (10, H, W)."""
+    def render(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Acquisition ``k`` on the world grid: DN at 10 m (4, H, W), DN at 20 m (6, H/2, W/2), SCL (H/2, W/2).
+
+        The surface field is computed at 10 m for all bands; 20 m bands are its 2 x 2 means. Date effects
+        (calibration gain, haze), noise, cloud shadow and cloud are then applied at each band's resolution.
+        """
         spec = self.spec
         h, w = spec.height_px, spec.width_px
         day = self.dates[k]
         doy = day.timetuple().tm_yday
         rng = stream(spec.seed, STREAM_DATE, k)
-        refl = surface(self.fields, float(doy))  # (10, N)
-        # atmosphere / calibration residuals of the date, then per-pixel noise
-        gain = 1.0 + rng.normal(0, 0.01) + rng.normal(0, 0.007, 10)
-        haze = rng.exponential(0.004) * _HAZE
-        refl *= gain.astype(np.float32)[:, None]
-        refl += haze[:, None]
-        refl *= 1.0 + 0.005 * rng.standard_normal(refl.shape, dtype=np.float32)
-        refl += 0.0008 * rng.standard_normal(refl.shape, dtype=np.float32)
-        refl = refl.reshape(10, h, w)
-        ground = refl  # cloud-free surface, kept for the scene classification
-
+        surf = surface(self.fields, float(doy))  # (10, N)
+        g10 = surf[_I10].reshape(4, h, w)
+        g20 = _block_mean(surf[_I20].reshape(6, h, w))
+        gain = (1.0 + rng.normal(0, 0.01) + rng.normal(0, 0.007, 10)).astype(np.float32)
+        haze = (rng.exponential(0.004) * _HAZE).astype(np.float32)
         c = self.clouds.params[k]
         opacity, shade = self.clouds.opacity_and_shadow(k)
-        if c.cover > 0:
-            cloud = (c.brightness * CLOUD_SHAPE)[:, None, None] * (0.85 + 0.15 * opacity)[None]
-            cloud = cloud * (1.0 + 0.01 * rng.standard_normal((10, h, w), dtype=np.float32))
-            seen = ground * (1.0 - shade * (1.0 - c.darkness))[None] * (1.0 - opacity)[None] + opacity[None] * cloud
-        else:
-            seen = ground
-
         offset = 1000 if processing_baseline(spec, day) >= "04.00" else 0
-        dn10 = np.clip(np.rint(seen[_I10] * 10000.0) + offset, 1, 65535).astype(np.uint16)
-        dn20 = np.clip(np.rint(_block_mean(seen[_I20]) * 10000.0) + offset, 1, 65535).astype(np.uint16)
+        out = []
+        grounds = []
+        for g, idx, o, s in ((g10, _I10, opacity, shade),
+                             (g20, _I20, _block_mean(opacity), _block_mean(shade))):
+            g = g * gain[idx, None, None] + haze[idx, None, None]
+            g += rng.standard_normal(g.shape, dtype=np.float32) * (0.003 * g + 0.0002)
+            grounds.append(g)
+            if c.cover > 0:
+                cloud = (c.brightness * CLOUD_SHAPE[idx])[:, None, None] * (0.85 + 0.15 * o)[None]
+                g = g * ((1.0 - s * (1.0 - c.darkness)) * (1.0 - o))[None] + o[None] * cloud
+            out.append(np.clip(np.rint(g * 10000.0) + offset, 1, 65535).astype(np.uint16))
+        dn10, dn20 = out
 
-        red20 = _block_mean(ground[BANDS.index("B04")])
-        nir20 = _block_mean(ground[BANDS.index("B8A")])
+        red20 = _block_mean(grounds[0][BANDS_10M.index("B04")])
+        nir20 = grounds[1][BANDS_20M.index("B8A")]
         ndvi = (nir20 - red20) / np.maximum(nir20 + red20, 1e-6)
         scl = np.where(self.water20, 6, np.where(ndvi > _SCL_CLEAR_NDVI, 4, 5)).astype(np.uint8)
-        o20 = _block_mean(opacity)
-        scl[_block_mean(shade) >= 0.5] = 3
-        scl[o20 >= 0.02] = 10
-        scl[o20 >= 0.25] = 8
-        scl[o20 >= 0.6] = 9
-        return dn10, dn20, scl, seen
+        if c.cover > 0:
+            o20 = _block_mean(opacity)
+            scl[_block_mean(shade) >= 0.5] = 3
+            scl[o20 >= 0.02] = 10
+            scl[o20 >= 0.25] = 8
+            scl[o20 >= 0.6] = 9
+        return dn10, dn20, scl
 
     def render_and_write(self, k: int) -> list[dict]:
-        dn10, dn20, scl, _ = self.render(k)
+        dn10, dn20, scl = self.render(k)
         day = self.dates[k]
         docs = []
         for tile in self.tiles:
@@ -158,20 +162,24 @@ def _generate(root: Path, spec: WorldSpec) -> None:
     for sub in ("data", "items", stac.COLLECTION, "truth"):
         (root / sub).mkdir()
     n_dates = len(r.dates)
-    workers = max(1, min(4, os.cpu_count() or 1))
     veg = np.flatnonzero(r.fields.has_cycle)
-    chunks = [veg[i:i + 4096] for i in range(0, len(veg), 4096)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="treemap-demo") as pool:
-        pheno_jobs = [pool.submit(r.phenology, c) for c in chunks]
+    pheno = np.full((7, h * w), NODATA, dtype=np.int16)
+
+    def phenology() -> None:  # compiled, runs without the GIL beside the rendering
+        for i in range(0, len(veg), 8192):
+            pheno[:, veg[i:i + 8192]] = r.phenology(veg[i:i + 8192])
+
+    workers = 2 if (os.cpu_count() or 1) > 1 else 1
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="treemap-demo-pheno") as side, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="treemap-demo") as pool:
+        pheno_job = side.submit(phenology)
         date_jobs = [pool.submit(r.render_and_write, k) for k in range(n_dates)]
         items: list[dict] = []
         for k, job in enumerate(date_jobs):
             items.extend(job.result())
             if (k + 1) % 10 == 0 or k + 1 == n_dates:
                 log.info("demo world: %d/%d acquisitions written", k + 1, n_dates)
-        pheno = np.full((7, h * w), NODATA, dtype=np.int16)
-        for c, job in zip(chunks, pheno_jobs):
-            pheno[:, c] = job.result()
+        pheno_job.result()
 
     truth = root / "truth"
     grid = Affine(10.0, 0.0, spec.x_min, 0.0, -10.0, spec.y_max)

@@ -21,7 +21,7 @@ import math
 import os
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from torch import nn
 from treemap.errors import ModelError, OutputError
 from treemap.models.config import AUX_VARIABLES, BANDS, GeoTreeCLIPConfig
 from treemap.models.geotreeclip import GeoTreeCLIP
+from treemap.models.normalise import make_normaliser
 
 CARD_KEY = "treemap_card"
 CARD_VERSION = 1
@@ -80,7 +81,11 @@ class ModelCard:
     @classmethod
     def for_model(cls, model: GeoTreeCLIP, **fields: Any) -> "ModelCard":
         """A card whose config and normalisation are the model's."""
-        c = model.config
+        return cls.for_model_config(model.config, **fields)
+
+    @classmethod
+    def for_model_config(cls, c: GeoTreeCLIPConfig, **fields: Any) -> "ModelCard":
+        """A card whose config and normalisation are those of config ``c``."""
         stats = None
         if c.normalisation == "fixed":
             stats = {k: list(getattr(c, k)) for k in ("band_min", "band_max", "aux_min", "aux_max")}
@@ -116,6 +121,8 @@ class ModelCard:
         config = GeoTreeCLIPConfig.from_dict(self.config)
         if config.normalisation != self.normalisation:
             raise ValueError(f"card says {self.normalisation!r} normalisation, its config {config.normalisation!r}")
+        if self.statistics != ModelCard.for_model_config(config).statistics:
+            raise ValueError("the card's normalisation statistics differ from those of its config")
         if tuple(self.bands) != BANDS or tuple(self.aux_variables) != AUX_VARIABLES:
             raise ValueError("the card's band or auxiliary variable order is not the one treemap feeds the model")
         return config
@@ -176,7 +183,7 @@ def demo_model() -> tuple[GeoTreeCLIP, ModelCard]:
     trained on the demo world replaces it."""
     model = random_model(demo_config(), seed=0)
     card = ModelCard.for_model(
-        model, species_lists=("demo",),
+        model,
         notes="Random tiny GeoTreeCLIP (seed 0) for the offline demo; its predictions carry no information.",
     )
     return model, card
@@ -188,6 +195,7 @@ def save_model(model: GeoTreeCLIP, card: ModelCard, path: str | os.PathLike) -> 
 
     The card's config and normalisation are taken from the model, so the two cannot disagree.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -197,12 +205,14 @@ def save_model(model: GeoTreeCLIP, card: ModelCard, path: str | os.PathLike) -> 
     card = dataclasses.replace(card, config=fresh.config, normalisation=fresh.normalisation,
                                statistics=fresh.statistics)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write model file {path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={CARD_KEY: card.to_json(), "format": "pt"})
         os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write model file {path}: {exc.strerror or exc}") from exc
+    except (OSError, SafetensorError) as exc:
+        raise OutputError(f"cannot write model file {path}: {_one_line(exc)}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -233,6 +243,16 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def _blank_model(config: GeoTreeCLIPConfig) -> GeoTreeCLIP:
+    """A model with uninitialised weights (skipping the random init, which costs seconds at full size); a strict
+    ``load_state_dict`` must fill it. Only the normaliser, whose buffers are not in the state dict, is rebuilt."""
+    with torch.device("meta"):
+        model = GeoTreeCLIP(config)
+    model = model.to_empty(device="cpu")
+    model.normaliser = make_normaliser(config)
+    return model
+
+
 def _load_into(model: GeoTreeCLIP, state: dict[str, torch.Tensor], path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
@@ -261,9 +281,9 @@ def _load_safetensors(path: Path) -> tuple[GeoTreeCLIP, ModelCard]:
     try:
         card = ModelCard.from_json(metadata[CARD_KEY])
         config = card.model_config()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"{path} has an invalid model card: {_one_line(exc)}") from exc
-    model = GeoTreeCLIP(config)
+    model = _blank_model(config)
     _load_into(model, state, path)
     return model.eval(), card
 
@@ -334,13 +354,11 @@ def _load_official(path: Path, config: GeoTreeCLIPConfig | None) -> tuple[GeoTre
             raise ModelError(f"{path} is not a GeoTreeCLIP checkpoint: no tensor {exc.args[0]}") from exc
         except (ValueError, IndexError) as exc:
             raise ModelError(f"{path} is not a GeoTreeCLIP checkpoint: {_one_line(exc)}") from exc
-    model = GeoTreeCLIP(config)
+    model = _blank_model(config)
     # Checkpoints written with transformers >= 4.31 lack the (constant) position-id buffers; supply them.
-    defaults = model.state_dict()
     state = dict(state)
-    for key in _POSITION_IDS:
-        if key not in state and key in defaults:
-            state[key] = defaults[key]
+    for key, n in zip(_POSITION_IDS, (config.num_positions, config.context_length)):
+        state.setdefault(key, torch.arange(n).unsqueeze(0))
     _load_into(model, state, path)
     card = ModelCard.for_model(
         model, source_sha256=_sha256(path),

@@ -70,6 +70,10 @@ class GeoTreeCLIPConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        sizes = [f.name for f in dataclasses.fields(self) if f.type in ("int", int)]
+        bad = [name for name in sizes if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        if bad:
+            raise ValueError(f"config sizes must be positive integers: {bad}")
         set_("aux_groups", tuple(int(g) for g in self.aux_groups))
         if len(self.aux_groups) != len(AUX_GROUPS) or min(self.aux_groups) < 1:
             raise ValueError(f"aux_groups needs {len(AUX_GROUPS)} positive sizes, got {self.aux_groups}")

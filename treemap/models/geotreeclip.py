@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from treemap.models.clip import CLIPTextTransformer, CLIPVisionTransformer
 from treemap.models.config import AUX_GROUPS, GeoTreeCLIPConfig
 from treemap.models.normalise import Normaliser, make_normaliser, month_mask
+from treemap.models.tokenizer import tokenize
 
 LOGIT_SCALE = 100.0
 """Zero-shot logits are cosine similarities times this factor (the official evaluation)."""
@@ -97,10 +98,11 @@ class TemporalEncoder(nn.Module):
     def forward(self, images: Tensor, present: Tensor) -> Tensor:
         """``images`` (B, T, C, H, W) normalised, ``present`` (B, T) bool -> (B, width)."""
         b, t = present.shape
-        features = images.new_zeros(b, t, self.width)
-        if present.any():
-            # Missing months would be multiplied by zero after the vision tower; they are simply not computed.
-            features[present] = self.clip_vit(images[present])
+        # Missing months would be multiplied by zero after the vision tower; they are simply not computed.
+        monthly = self.clip_vit(images[present]) if present.any() else None
+        features = images.new_zeros(b, t, self.width, dtype=monthly.dtype if monthly is not None else None)
+        if monthly is not None:
+            features[present] = monthly
         return self.temporal_attention(features)
 
 
@@ -181,8 +183,6 @@ class GeoTreeCLIP(nn.Module):
 
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
         """Tokenise prompts with the shipped CLIP tokenizer and encode them."""
-        from treemap.models.tokenizer import tokenize
-
         ids = tokenize(list(prompts), context_length=self.config.context_length)
         return self.encode_text(ids.to(self.image_projection[0].weight.device))
 

@@ -8,9 +8,10 @@ The ids agree with open_clip's ``tokenize``: ``[49406] + bpe(clean(text)) + [494
 length, and an over-long sequence cut to the context length with its last id replaced by 49407.
 
 Text cleaning: the reference runs ``ftfy.fix_text`` before everything else. treemap does not depend on ftfy; it applies
-the parts of ftfy's default fixes that concern well-formed text (HTML entities, curly quotes, Latin ligatures,
-full-width characters, NFC normalisation). Text with mojibake (UTF-8 decoded as Latin-1 and the like) is the one case
-where the ids can differ from the reference; species names do not contain it.
+the parts of ftfy's default fixes that concern well-formed text (HTML entities, C1 controls read as Windows-1252,
+Latin ligatures, full-width characters, curly quotes, terminal escapes, control characters, NFC normalisation).
+Text with mojibake (UTF-8 decoded as Latin-1 and the like), which ftfy repairs, is the one case where the ids can
+differ from the reference; species names do not contain it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _N_MERGES = 49152 - 256 - 2  # merges used by CLIP: the vocabulary is 256 bytes 
 _SPECIALS = ("<start_of_text>", "<end_of_text>")
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
-# The parts of ftfy's default fix_text that concern well-formed text (character tables from ftfy's documentation).
+# The parts of ftfy's default fix_text that concern well-formed text (same character tables as ftfy 6.3).
 _QUOTES = {0x02BC: "'", **{c: "'" for c in range(0x2018, 0x201C)}, **{c: '"' for c in range(0x201C, 0x2020)}}
 _LIGATURES = {
     0x0132: "IJ", 0x0133: "ij", 0x0149: "\u02bcn", 0x01F1: "DZ", 0x01F2: "Dz", 0x01F3: "dz",
@@ -63,17 +64,20 @@ for _c in range(0x80, 0xA0):
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[\d;]*[A-Za-z]")
 
 
+def _is_kept_byte(b: int) -> bool:
+    """Bytes that are printable Latin-1 characters and stand for themselves in the byte alphabet."""
+    return 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF
+
+
 def _byte_symbols() -> list[str]:
     """One printable character per byte value, indexed by byte (the GPT-2/CLIP reversible byte alphabet).
 
-    Bytes that are printable Latin-1 characters stand for themselves; the other 68 are mapped, in increasing byte
-    order, to the code points 256, 257, ...
+    Kept bytes stand for themselves; the other 68 are mapped, in increasing byte order, to code points 256, 257, ...
     """
-    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
     symbols: list[str] = []
     extra = 0
     for byte in range(256):
-        if byte in keep:
+        if _is_kept_byte(byte):
             symbols.append(chr(byte))
         else:
             symbols.append(chr(256 + extra))
@@ -82,10 +86,8 @@ def _byte_symbols() -> list[str]:
 
 
 def _base_alphabet_order() -> list[int]:
-    """Byte values in the order CLIP numbers them: the kept printable bytes first, then the remapped ones."""
-    keep = [b for b in range(256) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
-    rest = [b for b in range(256) if b not in set(keep)]
-    return keep + rest
+    """Byte values in the order CLIP numbers them: the kept bytes first, then the remapped ones."""
+    return [b for b in range(256) if _is_kept_byte(b)] + [b for b in range(256) if not _is_kept_byte(b)]
 
 
 def fix_text(text: str) -> str:
