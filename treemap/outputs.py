@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import math
 import os
 import uuid
 from contextlib import contextmanager
@@ -25,6 +26,14 @@ from treemap.grid import Tile, TilePlan
 PROB_SCALE = 0.005
 PROB_MAX_DN = 200
 NODATA_U8 = 255
+
+
+BLOCK = 512
+
+
+def overview_count(width: int, height: int, block: int = BLOCK) -> int:
+    """Halve until the coarsest overview fits in one block; at least one level, so every product has overviews."""
+    return max(1, math.ceil(math.log2(max(width, height, 1) / block)))
 
 
 def encode_probability(probs: np.ndarray) -> np.ndarray:
@@ -160,8 +169,9 @@ def write_cog_mosaic(
     try:
         with atomic_path(final) as tmp:
             with rasterio.Env(GDAL_PAM_ENABLED="YES" if has_categories else "NO"):
-                gdal_copy(str(vrt), str(tmp), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=512,
-                          OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+                gdal_copy(str(vrt), str(tmp), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=BLOCK,
+                          OVERVIEW_COUNT=overview_count(plan.width, plan.height), OVERVIEW_RESAMPLING=resampling,
+                          BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
             aux_tmp = Path(str(tmp) + ".aux.xml")
             if aux_tmp.exists():
                 os.replace(aux_tmp, Path(str(final) + ".aux.xml"))

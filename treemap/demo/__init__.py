@@ -1,7 +1,16 @@
 """The offline demo world: a deterministic synthetic Sentinel-2 L2A time series with a known species map.
 
-``build_world(out_dir, spec)`` writes COGs, a static STAC catalog (Earth Search v1 layout) and truth rasters;
-``ensure_demo_world(seed)`` builds the default world once into the user cache and reuses it.
+``build_world(out_dir, spec)`` writes the world; ``ensure_demo_world(seed)`` builds the default world once into
+the user cache (``$TREEMAP_CACHE`` or ``platformdirs.user_cache_dir("treemap")``) and reuses it. Layout::
+
+    catalog.json                        static STAC catalog (relative hrefs: the folder can be moved)
+    sentinel-2-l2a/collection.json      the collection, linking every item
+    items/<item_id>.json                Earth Search v1 style items, e.g. S2A_32UMA_20220103_0_L2A
+    data/<item_id>/<BAND>.tif           COGs: B02 B03 B04 B08 (10 m), B05 B06 B07 B8A B11 B12 SCL (20 m)
+    truth/species.tif                   uint8 class codes on the world's 10 m grid (1..10 species, 101..104 other)
+    truth/phenology.tif                 int16 DOY, 7 bands Greenup..Dormancy (MCD12Q2 on the clean EVI curve)
+    truth/classes.json                  code -> name, kind, taxonomy
+    world.json                          generator version and spec (written last: its presence = complete)
 """
 
 from treemap.demo.spec import GENERATOR_VERSION, DemoWorld, WorldSpec

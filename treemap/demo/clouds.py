@@ -47,12 +47,12 @@ class CloudModel:
         for day in dates:
             doy = day.timetuple().tm_yday
             winter = 0.5 * (1 + np.cos(2 * np.pi * (doy - 15) / 365.0))
-            p_over, p_part = 0.10 + 0.17 * winter, 0.40
+            p_over, p_part = 0.09 + 0.15 * winter, 0.40
             u = rng.random()
             if u < p_over:
                 cover = rng.uniform(0.8, 0.995)
             elif u < p_over + p_part:
-                cover = rng.uniform(0.08, 0.7)
+                cover = rng.uniform(0.08, 0.65)
             else:
                 cover = 0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.04)
             # clouds drift with a westerly wind and change shape (theta)

@@ -92,8 +92,13 @@ def _nearest(py, px, seeds):  # pragma: no cover - compiled
 def _voronoi(spec: WorldSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Irregular cells from Poisson seeds of varying density, nearest seed on warped coordinates."""
     h, w = spec.height_px, spec.width_px
-    mean_px = spec.mean_stand_ha * 100.0  # 1 ha = 100 pixels of 10 m
-    n = max(24, int(round(h * w / mean_px)))
+    # enough cells that the narrowest region (west only / overlap / east only) holds every species twice over
+    west, east = tile_grids(spec)
+    widths = [east.col0, west.col1 - east.col0, w - west.col1]
+    narrowest = min(x for x in widths if x > 0) / w
+    n = max(int(round(h * w / (spec.mean_stand_ha * 100.0))),  # 1 ha = 100 pixels of 10 m
+            int(np.ceil(25 / (spec.forest_fraction * narrowest))))
+    mean_px = h * w / n
     density = np.exp(0.9 * smooth_noise(rng, (h, w), min(h, w) / 4.0))
     dmax = float(density.max())
     pts: list[np.ndarray] = []
@@ -255,8 +260,8 @@ def build_fields(spec: WorldSpec, table: tuple[ClassDef, ...], layout: Layout) -
     # per-pixel draws
     p_sos = rng.normal(0, 2.0, npx)
     p_eos = rng.normal(0, 2.0, npx)
-    p_bright = np.exp(rng.normal(0, 0.012, npx))
-    p_band = np.exp(rng.normal(0, 0.008, (10, npx)))
+    p_bright = np.exp(rng.normal(0, 0.010, npx))
+    p_band = np.exp(rng.normal(0, 0.007, (10, npx)))
     # built-up materials in blocks of a few pixels (roofs, streets, squares)
     urban_w = np.stack([np.exp(1.8 * smooth_noise(rng, codes.shape, 1.2)).ravel() for _ in range(3)], axis=1)
     urban_w *= np.exp(rng.normal(0, 0.3, (npx, 3)))

@@ -46,6 +46,8 @@ class WorldSpec:
             raise ValueError("overlap_px must be even, >= 0 and smaller than width_px - 8")
         if self.x_min % 20 or self.y_max % 20:
             raise ValueError("x_min and y_max must be multiples of 20 m (10 m and 20 m grids share the origin)")
+        if not 1900 < self.year < 2200:
+            raise ValueError("year out of range")
         if self.cadence_days < 1 or not 1 <= self.first_day <= 31:
             raise ValueError("cadence_days must be >= 1 and first_day a day of January")
         if not 0.05 <= self.forest_fraction <= 0.9:

@@ -46,7 +46,7 @@ def write_cog(path: Path, data: np.ndarray, transform: Affine, crs: CRS, nodata:
     with rasterio.open(
         path, "w", driver="COG", width=data.shape[2], height=data.shape[1], count=data.shape[0],
         dtype=data.dtype.name, crs=crs, transform=transform, nodata=nodata,
-        compress="ZSTD", level=1, predictor=predictor, blocksize=512, bigtiff="NO",
+        compress="ZSTD", level=2, predictor=predictor, blocksize=512, bigtiff="NO",
         overview_resampling="NEAREST" if categorical else "AVERAGE",
     ) as dst:
         dst.write(data)
@@ -170,8 +170,9 @@ def _generate(root: Path, spec: WorldSpec) -> None:
             pheno[:, veg[i:i + 8192]] = r.phenology(veg[i:i + 8192])
 
     workers = 2 if (os.cpu_count() or 1) > 1 else 1
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="treemap-demo-pheno") as side, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="treemap-demo") as pool:
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="treemap-demo-pheno")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="treemap-demo")
+    try:
         pheno_job = side.submit(phenology)
         date_jobs = [pool.submit(r.render_and_write, k) for k in range(n_dates)]
         items: list[dict] = []
@@ -180,6 +181,9 @@ def _generate(root: Path, spec: WorldSpec) -> None:
             if (k + 1) % 10 == 0 or k + 1 == n_dates:
                 log.info("demo world: %d/%d acquisitions written", k + 1, n_dates)
         pheno_job.result()
+    finally:  # on error, drop the queued dates instead of rendering them all first
+        pool.shutdown(wait=True, cancel_futures=True)
+        side.shutdown(wait=True, cancel_futures=True)
 
     truth = root / "truth"
     grid = Affine(10.0, 0.0, spec.x_min, 0.0, -10.0, spec.y_max)
