@@ -49,7 +49,8 @@ def run(small_world, aoi_inside, tmp_path_factory):
 def test_stdout_lists_the_products(run):
     proc, out = run
     paths = proc.stdout.strip().splitlines()
-    assert paths == [str(out / "species_probability.tif"), str(out / "dominant_species.tif")]
+    names = ["species_probability", "genus_probability", "family_probability", "dominant_species"]
+    assert paths == [str(out / f"{name}.tif") for name in names]
     assert "tile" in proc.stderr  # logs go to stderr
     assert not (out / WORK_DIR).exists() or not any((out / WORK_DIR).iterdir())
     assert not list(out.glob(".*tmp*"))
@@ -58,8 +59,7 @@ def test_stdout_lists_the_products(run):
 def test_products_are_valid_cogs_covering_the_aoi(run, aoi_inside):
     _, out = run
     aoi_utm = to_crs(aoi_inside[1], 32632)
-    for name in ("species_probability.tif", "dominant_species.tif"):
-        path = out / name
+    for path in sorted(out.glob("*.tif")):
         valid, errors, warnings = cog_validate(str(path))
         assert valid, errors
         with rasterio.open(path) as ds:
@@ -106,6 +106,24 @@ def test_probabilities_and_nodata(run, aoi_inside):
     assert (dom[~mapped] == NODATA_U8).all()
     # a random tiny model still gives pixel-dependent answers, not one constant
     assert len(np.unique(dom[mapped])) > 1
+
+
+def test_genus_and_family_are_sums_of_species(run):
+    _, out = run
+    species = demo_species_list()
+    with rasterio.open(out / "species_probability.tif") as ds:
+        p = ds.read().astype(np.float64) * PROB_SCALE
+        mapped = ds.read(1) != NODATA_U8
+    for level in ("genus", "family"):
+        names, index = species.groups(level)
+        with rasterio.open(out / f"{level}_probability.tif") as ds:
+            assert ds.descriptions == names
+            got = ds.read().astype(np.float64) * PROB_SCALE
+        for g in range(len(names)):
+            expected = p[index == g].sum(axis=0)
+            # each stored value is rounded to half a DN step; sums carry the rounding of their members
+            tol = PROB_SCALE / 2 * (1 + (index == g).sum())
+            assert np.abs(got[g][mapped] - expected[mapped]).max() <= tol + 1e-9
 
 
 def test_same_scenes_from_an_item_file_give_identical_products(small_world, aoi_inside, run, tmp_path):

@@ -141,7 +141,7 @@ def process_tile(tile: Tile, scenes: list[Scene], local_aoi, predictor: SpeciesP
     valid = geometry_mask([local_aoi], out_shape=(tile.height, tile.width), invert=True,
                           transform=from_origin(x0, y1, tile.resolution, tile.resolution))
     probs = predictor.predict_tile(composites, tile.halo, pixel_centres_lonlat(tile), valid)
-    data = np.concatenate([encode_probability(probs), dominant_class(probs)[None]])
+    data = tile_bands(probs, predictor.species)
     write_tile_raster(path, tile, data)
     done.write_text(json.dumps({"tile": tile.id, "scenes": len(tile_scenes)}), encoding="utf-8")
     return path
@@ -189,27 +189,41 @@ def predict(request: PredictRequest) -> PredictResult:
     return PredictResult(products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end, species.species)
 
 
+def tile_bands(probs: np.ndarray, species: SpeciesList) -> np.ndarray:
+    """The band stack of a tile raster: species, genus and family probabilities (uint8), then the dominant species."""
+    _, genus = species.roll_up(probs, "genus")
+    _, family = species.roll_up(probs, "family")
+    return np.concatenate([encode_probability(probs), encode_probability(genus), encode_probability(family),
+                           dominant_class(probs)[None]])
+
+
 def write_products(out: Path, plan: TilePlan, sources, species: SpeciesList, start: date, end: date,
                    n_scenes: int) -> dict[str, Path]:
-    """Mosaic the per-tile rasters into the final COGs."""
+    """Mosaic the per-tile rasters (band stack of :func:`tile_bands`) into the final COGs."""
     tags = {"TREEMAP_VERSION": __version__, "TREEMAP_PERIOD": f"{start.isoformat()}/{end.isoformat()}",
             "TREEMAP_SCENES": str(n_scenes)}
-    prob_bands = [
-        {"description": name, "scale": PROB_SCALE, "offset": 0.0,
-         "metadata": {"species": name, "genus": t.genus, "family": t.family, "level0": t.level0}}
-        for name, t in zip(species.species, species.taxa)
+    prob_tags = {**tags, "PROBABILITY_SCALE": str(PROB_SCALE), "PROBABILITY_NODATA": "255"}
+    genera, _ = species.groups("genus")
+    families, _ = species.groups("family")
+    layers = [
+        ("species_probability", [
+            {"description": t.species, "metadata": {"genus": t.genus, "family": t.family, "level0": t.level0}}
+            for t in species.taxa]),
+        ("genus_probability", [{"description": g} for g in genera]),
+        ("family_probability", [{"description": f} for f in families]),
     ]
-    products = {
-        "species_probability": write_cog_mosaic(
-            out / "species_probability.tif", plan, sources, prob_bands,
-            tags={**tags, "PROBABILITY_SCALE": str(PROB_SCALE), "PROBABILITY_NODATA": "255"}, resampling="AVERAGE"),
-    }
-    n = len(species)
+    products: dict[str, Path] = {}
+    offset = 0
+    for name, bands in layers:
+        bands = [{**b, "scale": PROB_SCALE, "offset": 0.0} for b in bands]
+        products[name] = write_cog_mosaic(out / f"{name}.tif", plan, sources, bands, tags=prob_tags,
+                                          resampling="AVERAGE", source_band_offset=offset)
+        offset += len(bands)
     dominant_band = [{
-        "description": "dominant species", "categories": list(species.species), "colours": class_colours(n),
+        "description": "dominant species", "categories": list(species.species),
+        "colours": class_colours(len(species)),
         "metadata": {f"CLASS_{i}": name for i, name in enumerate(species.species)},
     }]
-    # The dominant class is the last band of each tile raster, after the n probability bands.
     products["dominant_species"] = write_cog_mosaic(
-        out / "dominant_species.tif", plan, sources, dominant_band, tags=tags, source_band_offset=n)
+        out / "dominant_species.tif", plan, sources, dominant_band, tags=tags, source_band_offset=offset)
     return products

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import filecmp
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -20,7 +20,7 @@ STREAM_LAYOUT, STREAM_FIELDS, STREAM_CLOUDS, STREAM_DATE = 1, 2, 3, 1000
 
 
 def stream(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *key]))
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, *key]))  # any int seed
 
 
 def _fast_len(n: int) -> int:
@@ -260,8 +260,10 @@ def build_fields(spec: WorldSpec, table: tuple[ClassDef, ...], layout: Layout) -
     # per-pixel draws
     p_sos = rng.normal(0, 2.0, npx)
     p_eos = rng.normal(0, 2.0, npx)
-    p_bright = np.exp(rng.normal(0, 0.010, npx))
-    p_band = np.exp(rng.normal(0, 0.007, (10, npx)))
+    # canopy texture: spatially correlated over a few pixels (crowns, gaps), plus a little white noise
+    p_bright = np.exp(0.010 * smooth_noise(rng, codes.shape, 1.0).ravel() + rng.normal(0, 0.004, npx))
+    p_band = np.exp(0.006 * np.stack([smooth_noise(rng, codes.shape, 1.0).ravel() for _ in range(10)])
+                    + rng.normal(0, 0.003, (10, npx)))
     # built-up materials in blocks of a few pixels (roofs, streets, squares)
     urban_w = np.stack([np.exp(1.8 * smooth_noise(rng, codes.shape, 1.2)).ravel() for _ in range(3)], axis=1)
     urban_w *= np.exp(rng.normal(0, 0.3, (npx, 3)))

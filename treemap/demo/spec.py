@@ -38,8 +38,6 @@ class WorldSpec:
     acquisition_time: str = "10:36:29.024"  # UTC time of day of every acquisition
 
     def validate(self) -> None:
-        if self.seed < 0:
-            raise ValueError("seed must be >= 0")
         if self.width_px < 40 or self.height_px < 40 or self.width_px % 2 or self.height_px % 2:
             raise ValueError("width_px and height_px must be even and at least 40")
         if self.overlap_px < 0 or self.overlap_px % 2 or self.overlap_px >= self.width_px - 8:
