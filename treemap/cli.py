@@ -173,6 +173,37 @@ def search(aoi, start, end, year, catalog, max_cloud, as_json):
     log.info("%d scenes", len(scenes))
 
 
+@cli.group()
+def model():
+    """Model files: import official checkpoints, show a model card."""
+
+
+@model.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Target .safetensors file.")
+@click.option("--stats", type=click.Path(path_type=Path),
+              help="JSON with band_min/band_max/aux_min/aux_max: switch to fixed (batch-independent) normalisation.")
+@click.option("--species-list", "species_lists", multiple=True, help="Name of a species list the model was "
+              "evaluated on (repeatable), recorded in the card.")
+def model_import(source, out, stats, species_lists):
+    """Import an official GeoTreeCLIP .pth (weights-only load) as a treemap .safetensors model + card."""
+    from treemap.models.importer import import_checkpoint, read_statistics
+
+    card = import_checkpoint(source, out, read_statistics(stats) if stats else None, tuple(species_lists))
+    log.info("imported %s (%s normalisation, source sha256 %s)", source, card.normalisation, card.source_sha256)
+    click.echo(str(out))
+
+
+@model.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+def model_info(path):
+    """Print a model's card as JSON."""
+    from treemap.models.checkpoint import load_model
+
+    _, card = load_model(path)
+    click.echo(card.to_json())
+
+
 def main() -> None:
     cli(prog_name="treemap")
 

@@ -49,17 +49,22 @@ class TileCube:
         import stackstac
         from rasterio.enums import Resampling
 
+        from treemap.io_env import skipping_reader, stackstac_gdal_env
+
         if not scenes:
             raise ValueError("a cube needs at least one scene")
         self.scenes = list(scenes)
         self.tile = tile
         self.scale = np.array([s.scale for s in scenes], dtype=np.float32)
         self.offset = np.array([s.offset for s in scenes], dtype=np.float32)
-        kwargs = {}
-        if gdal_env is not None:
-            kwargs["gdal_env"] = gdal_env
+        # Items for stackstac; Planetary Computer hrefs are signed here, per tile, so tokens are fresh at read time.
+        items = [s.to_stac() for s in self.scenes]
+        self._asset_names = {asset["href"]: (scene.id, band) for scene, item in zip(self.scenes, items)
+                             for band, asset in item["assets"].items()}
+        #: (scene id, band, href, reason) of assets read as nodata because they could not be read.
+        self.unreadable: list[tuple[str, str, str, str]] = []
         self.data = stackstac.stack(
-            [s.to_stac() for s in self.scenes],
+            items,
             assets=list(ASSETS),
             epsg=tile.epsg,
             resolution=tile.resolution,
@@ -71,8 +76,9 @@ class TileCube:
             resampling=Resampling.nearest,
             chunksize=(1, 1, 1024, 1024),
             sortby_date=False,
-            errors_as_nodata=(),
-            **kwargs,
+            errors_as_nodata=(),  # the reader below turns read errors into nodata, naming the asset
+            reader=skipping_reader(),
+            gdal_env=gdal_env if gdal_env is not None else stackstac_gdal_env(),
         )
         expected = tile.read_shape
         if tuple(self.data.shape[-2:]) != expected:
@@ -82,7 +88,23 @@ class TileCube:
         """DN (T, 10, H, W) uint16 and SCL (T, H, W) uint8 for the given scene indices (reads happen here)."""
         import dask
 
+        from treemap.io_env import unreadable_assets
+
         block = self.data.isel(time=list(indices))
         with dask.config.set(scheduler="threads"):
             values = np.asarray(block.data.compute())
+        self._note_unreadable(unreadable_assets())
         return values[:, : len(BANDS)], values[:, len(BANDS)].astype(np.uint8)
+
+    def _note_unreadable(self, failed: dict[str, str]) -> None:
+        known = {entry[2] for entry in self.unreadable}
+        for href, (scene_id, band) in self._asset_names.items():
+            if href in failed and href not in known:
+                self.unreadable.append((scene_id, band, href, failed[href]))
+                log.warning("scene %s band %s is unreadable (%s): read as nodata; %s", scene_id, band,
+                            failed[href], _display_href(href))
+
+
+def _display_href(href: str) -> str:
+    """The href without its query string (which may carry an access token)."""
+    return href.split("?", 1)[0]

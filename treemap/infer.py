@@ -7,10 +7,13 @@ pixel when its centre pixel has a clear observation; gaps inside a present month
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,18 +68,52 @@ def _fill_present_months(patches: np.ndarray) -> np.ndarray:
     return patches
 
 
+def text_features(model, species: SpeciesList, model_key: str | None = None,
+                  cache_dir: Path | None = None) -> torch.Tensor:
+    """Text features (S, E) of a species list, cached on disk under ``cache_dir`` keyed by the model and the list.
+
+    Without a ``model_key`` (a digest of the model's weights) nothing is cached.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from treemap.models.tokenizer import tokenize
+
+    path = None
+    if model_key and cache_dir is not None:
+        list_key = hashlib.sha256("\n".join(species.prompts).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / "text-features" / f"{model_key[:16]}-{list_key}.safetensors"
+        if path.exists():
+            try:
+                cached = load_file(str(path))["text"]
+                if cached.shape[0] == len(species):
+                    log.debug("text features from %s", path)
+                    return cached
+            except Exception as exc:  # a damaged cache entry is recomputed, never trusted
+                log.warning("ignoring unreadable text-feature cache %s (%s)", path, exc)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        text = model.encode_text(tokenize(list(species.prompts)).to(device)).float().cpu()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"text": text.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not cache text features in %s (%s)", path, exc)
+    return text
+
+
 class SpeciesPredictor:
     """Zero-shot species probabilities for pixel patches with a GeoTreeCLIP model."""
 
-    def __init__(self, model, species: SpeciesList, spec: InferenceSpec = InferenceSpec()):
-        from treemap.models.tokenizer import tokenize
-
+    def __init__(self, model, species: SpeciesList, spec: InferenceSpec = InferenceSpec(),
+                 model_key: str | None = None, cache_dir: Path | None = None):
         self.device = spec.resolve_device()
         self.batch_size = spec.batch_size
         self.model = model.to(self.device).eval()
         self.species = species
-        with torch.inference_mode():
-            self.text = self.model.encode_text(tokenize(list(species.prompts)).to(self.device))
+        self.text = text_features(self.model, species, model_key, cache_dir).to(self.device)
 
     def predict(self, patches: np.ndarray, aux: np.ndarray) -> np.ndarray:
         """Probabilities (N, S) float32 for patches (N, 12, 10, 5, 5) and aux (N, 27)."""

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 from rasterio.features import geometry_mask
 
 from treemap import __version__
+from treemap.cache import cache_root, file_sha256
 from treemap.aoi import AOI, read_aoi
 from treemap.composite import monthly_composites
 from treemap.cube import TileCube
@@ -99,9 +100,17 @@ def _load_model(request: PredictRequest):
         raise ModelError("--model is required outside the demo catalog (e.g. an imported GGT_6M checkpoint)")
     if species_ref is None:
         raise ModelError("--species is required: a CSV with level0, level1_family, level2_genus, level3_species")
-    model, card = demo_model() if str(model_ref) == "demo" else load_model(model_ref)
+    if str(model_ref) == "demo":
+        model, card = demo_model()
+        model_key = hashlib.sha256(("demo:" + card.to_json()).encode()).hexdigest()
+    else:
+        model, card = load_model(model_ref)
+        model_key = file_sha256(model_ref)
+    if card.normalisation == "batch":
+        log.warning("the model uses per-batch input normalisation (the official recipe): values depend on how "
+                    "pixels are batched, so maps can show tile seams; import it with fixed statistics to avoid this")
     species = demo_species_list() if str(species_ref) == "demo" else load_species_list(species_ref)
-    return model, card, species
+    return model, card, species, model_key
 
 
 def _fingerprint(aoi: AOI, plan: TilePlan, scenes: list[Scene], species: SpeciesList, request: PredictRequest,
@@ -165,15 +174,15 @@ def predict(request: PredictRequest) -> PredictResult:
             + (f" with at most {request.max_cloud:g} % cloud" if request.max_cloud < 100 else "")
         )
     log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
-    model, card, species = _load_model(request)
+    model, card, species, model_key = _load_model(request)
     plan = plan_tiles(aoi, tile_size=request.tile_size)
     local_aoi = to_crs(aoi.geometry, plan.epsg)
     log.info("grid EPSG:%d, %d x %d px, %d tile(s)", plan.epsg, plan.width, plan.height, len(plan.tiles))
 
-    model_id = getattr(card, "source_sha256", None) or json.dumps(asdict(card), sort_keys=True, default=str)
-    work = out / WORK_DIR / _fingerprint(aoi, plan, scenes, species, request, str(model_id))
+    work = out / WORK_DIR / _fingerprint(aoi, plan, scenes, species, request, model_key)
     work.mkdir(parents=True, exist_ok=True)
-    predictor = SpeciesPredictor(model, species, InferenceSpec(request.batch_size, request.device))
+    predictor = SpeciesPredictor(model, species, InferenceSpec(request.batch_size, request.device),
+                                 model_key=model_key, cache_dir=cache_root())
     sources = []
     for k, tile in enumerate(plan.tiles, start=1):
         log.info("tile %s (%d/%d)", tile.id, k, len(plan.tiles))
