@@ -291,13 +291,8 @@ def build_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> DemoWorld
 
 def ensure_demo_world(seed: int = 0, cache_dir: str | Path | None = None) -> DemoWorld:
     """The default demo world of ``seed``, cached under ``cache_dir``, ``$TREEMAP_CACHE`` or the user cache folder."""
-    if cache_dir is None:
-        env = os.environ.get("TREEMAP_CACHE")
-        if env:
-            cache_dir = env
-        else:
-            import platformdirs
+    from treemap.cache import cache_root
 
-            cache_dir = platformdirs.user_cache_dir("treemap")
-    out = Path(cache_dir).expanduser() / "demo" / f"world-{GENERATOR_VERSION}-seed{seed}"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    out = root / "demo" / f"world-{GENERATOR_VERSION}-seed{seed}"
     return build_world(out, WorldSpec(seed=seed))
