@@ -15,7 +15,6 @@ from treemap.cube import MODEL_BANDS, TileCube
 from treemap.grid import plan_tiles, to_crs
 from treemap.run import _tile_scenes
 from treemap.stac import Query, open_catalog
-from treemap.stac.scene import BANDS
 
 
 def test_harmonise_pre_and_post_baseline_04_agree():

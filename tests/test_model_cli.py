@@ -1,7 +1,6 @@
 """`treemap model import/info` and the untrusted-checkpoint rules, through the real command line."""
 
 import json
-import os
 import pickle
 import subprocess
 import sys

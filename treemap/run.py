@@ -113,15 +113,15 @@ def _load_model(request: PredictRequest):
     return model, card, species, model_key
 
 
-def _fingerprint(aoi: AOI, plan: TilePlan, scenes: list[Scene], species: SpeciesList, request: PredictRequest,
-                 model_id: str) -> str:
+def _fingerprint(aoi: AOI, plan: TilePlan, scenes: list[Scene], species: SpeciesList, model_key: str) -> str:
+    """Identifies a run's inputs: a work folder is only resumed by the same AOI, grid, scenes, species and model."""
     payload = {
         "version": __version__,
         "aoi": aoi.to_geojson(),
         "plan": [plan.epsg, plan.resolution, list(plan.bounds), plan.tile_size, plan.halo],
         "scenes": [s.id for s in scenes],
         "species": list(species.prompts),
-        "model": model_id,
+        "model": model_key,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -179,7 +179,7 @@ def predict(request: PredictRequest) -> PredictResult:
     local_aoi = to_crs(aoi.geometry, plan.epsg)
     log.info("grid EPSG:%d, %d x %d px, %d tile(s)", plan.epsg, plan.width, plan.height, len(plan.tiles))
 
-    work = out / WORK_DIR / _fingerprint(aoi, plan, scenes, species, request, model_key)
+    work = out / WORK_DIR / _fingerprint(aoi, plan, scenes, species, model_key)
     work.mkdir(parents=True, exist_ok=True)
     predictor = SpeciesPredictor(model, species, InferenceSpec(request.batch_size, request.device),
                                  model_key=model_key, cache_dir=cache_root())
