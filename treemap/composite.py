@@ -6,10 +6,11 @@ The cube is read month by month, so memory stays at one month of one tile.
 from __future__ import annotations
 
 import logging
+from typing import Iterator
 
 import numpy as np
 
-from treemap.cube import CLEAR_SCL, MODEL_BANDS, TileCube, acquisitions
+from treemap.cube import CLEAR_SCL, MODEL_BANDS, Acquisition, TileCube, acquisitions
 from treemap.stac.scene import BANDS
 
 log = logging.getLogger("treemap.composite")
@@ -62,6 +63,27 @@ def nanmedian_time(stack: np.ndarray) -> np.ndarray:
     return out
 
 
+def clear_acquisitions(cube: TileCube, groups: list[Acquisition], clear: tuple[int, ...] = CLEAR_SCL) -> np.ndarray:
+    """Harmonised, SCL-masked reflectance (A, 10, H, W) in Sentinel-2 band order, one slice per acquisition (the
+    scenes of overlapping MGRS tiles mosaicked); reads the scenes of these acquisitions only."""
+    flat = [i for g in groups for i in g.indices]
+    dn, scl = cube.load(flat)
+    refl = harmonise(dn, cube.scale[flat], cube.offset[flat])
+    del dn
+    mask_reflectance(refl, scl, clear)
+    position = {scene_index: k for k, scene_index in enumerate(flat)}
+    return np.stack([mosaic_first_valid(refl[[position[i] for i in g.indices]]) for g in groups])
+
+
+def acquisition_blocks(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL,
+                       block: int = 8) -> Iterator[tuple[list[Acquisition], np.ndarray]]:
+    """The tile's clear-sky time series in time order, ``block`` acquisitions at a time (bounded memory)."""
+    groups = acquisitions(cube.scenes)
+    for start in range(0, len(groups), block):
+        chunk = groups[start:start + block]
+        yield chunk, clear_acquisitions(cube, chunk, clear)
+
+
 def monthly_composites(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL) -> tuple[np.ndarray, np.ndarray]:
     """12 monthly median composites (12, 10, H, W) in GeoTreeCLIP band order, NaN where a month has no clear
     observation; and the count of clear acquisitions per month and pixel (12, H, W) uint16.
@@ -76,13 +98,7 @@ def monthly_composites(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL) -> tu
         month_groups = [g for g in groups if g.key[1].month == month]
         if not month_groups:
             continue
-        flat = [i for g in month_groups for i in g.indices]
-        dn, scl = cube.load(flat)
-        refl = harmonise(dn, cube.scale[flat], cube.offset[flat])
-        mask_reflectance(refl, scl, clear)
-        position = {scene_index: k for k, scene_index in enumerate(flat)}
-        per_acq = np.stack([mosaic_first_valid(refl[[position[i] for i in g.indices]]) for g in month_groups])
-        del refl, dn, scl
+        per_acq = clear_acquisitions(cube, month_groups, clear)
         comps[month - 1] = nanmedian_time(per_acq)[_MODEL_ORDER]
         counts[month - 1] = (~np.isnan(per_acq).any(axis=1)).sum(axis=0)
         log.debug("tile %s month %02d: %d acquisitions", cube.tile.id, month, len(month_groups))
