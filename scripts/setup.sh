@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up treemap in ./.venv on a fresh Debian/Ubuntu machine.
 #   bash scripts/setup.sh          runtime only
-#   bash scripts/setup.sh --test   plus the test extras and the Debian tools the tests use (GDAL command line)
+#   bash scripts/setup.sh --test   plus the test extras, GDAL's command line (Debian gdal-bin) and the test
+#                                  services (scripts/test-services.sh install: PostgreSQL/PostGIS, pgstac, nginx)
 # torch is installed first and pinned, so pip never pulls a multi-GB CUDA build on a CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 if [ "$want_test" = 1 ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
+  # the real servers the STAC tests talk to (PostgreSQL/PostGIS + pgstac, stac-fastapi-pgstac, nginx)
+  bash scripts/test-services.sh install
   # open_clip's tokenizer is the reference for tokenizer parity; its package is never installed or imported
   # (it needs torchvision), the tests read tokenizer.py and the vocabulary out of the wheel.
   if ! ls .venv/test-wheels/open_clip_torch-*.whl >/dev/null 2>&1; then

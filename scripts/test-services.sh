@@ -46,7 +46,11 @@ install_debs() {
   printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
   "${sudo[@]}" chmod 755 "$policy"
   restore() {
-    if [ -n "$backup" ]; then "${sudo[@]}" cp -p "$backup" "$policy"; rm -f "$backup"; else "${sudo[@]}" rm -f "$policy"; fi
+    if [ -n "$backup" ]; then
+      "${sudo[@]}" cp -p "$backup" "$policy"; rm -f "$backup"
+    else
+      "${sudo[@]}" rm -f "$policy"
+    fi
   }
   trap restore EXIT
   "${sudo[@]}" apt-get update -qq

@@ -146,30 +146,39 @@ def demo(seed, out):
 
 
 @cli.command()
-@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path))
-@click.option("--start", type=DATE)
-@click.option("--end", type=DATE)
-@click.option("--year", type=int)
-@click.option("--catalog", default="earth-search", show_default=True)
-@click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per scene.")
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path),
+              help="Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326.")
+@click.option("--start", type=DATE, help="First acquisition date (default: Jan 1 of the year).")
+@click.option("--end", type=DATE, help="Last acquisition date (default: one year after --start).")
+@click.option("--year", type=int, help="Shortcut for --start YEAR-01-01 --end YEAR-12-31.")
+@click.option("--catalog", default="earth-search", show_default=True,
+              help="demo, earth-search, earth-search-c1, planetary-computer, cdse, a STAC API URL (optionally "
+                   ".../collections/ID), a catalog.json or an item file.")
+@click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Skip scenes with more cloud cover (percent).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per scene instead of a table.")
 def search(aoi, start, end, year, catalog, max_cloud, as_json):
-    """List the scenes `predict` would use."""
+    """List the scenes `predict` would use (stdout); exits non-zero when there are none."""
     from treemap.aoi import read_aoi
-    from treemap.run import resolve_dates
+    from treemap.errors import NoScenesError
     from treemap.stac import Query, open_catalog
+    from treemap.stac.search import date_window, scene_table
 
     start, end = _year_window(year, start, end)
-    start, end = resolve_dates(start, end, date.today().year - 1)
+    default_year = date.today().year - 1
+    if catalog == "demo":
+        from treemap.demo import WorldSpec
+
+        default_year = WorldSpec().year
+    start, end = date_window(start, end, default_year)
     area = read_aoi(aoi)
-    scenes = open_catalog(catalog).search(Query(area.bounds, start, end, max_cloud))
-    for scene in scenes:
-        if as_json:
-            click.echo(json.dumps(scene.to_record()))
-        else:
-            cloud = "-" if scene.cloud_cover is None else f"{scene.cloud_cover:5.1f}"
-            click.echo(f"{scene.datetime:%Y-%m-%d %H:%M}  {scene.mgrs_tile or '-':6}  {cloud:>5}  "
-                       f"{scene.offset:+.1f}  {scene.id}")
+    source = open_catalog(catalog)
+    scenes = source.search(Query(area.bounds, start, end, max_cloud))
+    if not scenes:
+        raise NoScenesError(f"no Sentinel-2 L2A scenes in {source.name} for the AOI between {start} and {end}"
+                            + (f" with at most {max_cloud:g} % cloud" if max_cloud < 100 else ""))
+    lines = [json.dumps(scene.to_record()) for scene in scenes] if as_json else scene_table(scenes)
+    click.echo("\n".join(lines))
     log.info("%d scenes", len(scenes))
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,13 @@ from treemap.cache import cache_root, file_sha256
 from treemap.aoi import AOI, read_aoi
 from treemap.composite import monthly_composites
 from treemap.cube import TileCube
-from treemap.errors import DateRangeError, ModelError, NoScenesError
+from treemap.errors import ModelError, NoScenesError
 from treemap.grid import Tile, TilePlan, lonlat_bbox, pixel_centres_lonlat, plan_tiles, to_crs
 from treemap.infer import InferenceSpec, SpeciesPredictor
 from treemap.outputs import (PROB_SCALE, class_colours, dominant_class, encode_probability, ensure_writable_dir,
                              write_cog_mosaic, write_tile_raster)
 from treemap.stac import Query, Scene, open_catalog
+from treemap.stac.search import date_window
 from treemap.taxonomy import SpeciesList, demo_species_list, load_species_list
 
 log = logging.getLogger("treemap.run")
@@ -61,6 +62,7 @@ class PredictResult:
     start: date
     end: date
     species: tuple[str, ...] = field(default=())
+    unreadable: tuple[tuple[str, str, str, str], ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -72,20 +74,11 @@ class PredictResult:
             "start": self.start.isoformat(),
             "end": self.end.isoformat(),
             "species": list(self.species),
+            "unreadable_assets": [dict(zip(("scene", "band", "href", "reason"), u)) for u in self.unreadable],
         }
 
 
-def resolve_dates(start: date | None, end: date | None, default_year: int) -> tuple[date, date]:
-    """Fill a missing end (or start) so the window spans one year; reject start after end."""
-    if start is None and end is None:
-        return date(default_year, 1, 1), date(default_year, 12, 31)
-    if start is None:
-        start = date(end.year - 1, end.month, end.day) + timedelta(days=1)
-    if end is None:
-        end = date(start.year + 1, start.month, start.day) - timedelta(days=1)
-    if start > end:
-        raise DateRangeError(f"--start {start.isoformat()} is after --end {end.isoformat()}")
-    return start, end
+resolve_dates = date_window
 
 
 def _load_model(request: PredictRequest):
@@ -131,17 +124,24 @@ def _tile_scenes(scenes: list[Scene], tile: Tile) -> list[Scene]:
     return [sc for sc in scenes if sc.bbox[0] <= e and w <= sc.bbox[2] and sc.bbox[1] <= n and s <= sc.bbox[3]]
 
 
-def process_tile(tile: Tile, scenes: list[Scene], local_aoi, predictor: SpeciesPredictor, work: Path) -> Path | None:
-    """Composites -> probabilities for one tile, written to the work folder; returns the tile raster path."""
+@dataclass(frozen=True)
+class TileOutcome:
+    path: Path | None
+    unreadable: tuple[tuple[str, str, str, str], ...] = ()  # (scene id, band, href, reason)
+
+
+def process_tile(tile: Tile, scenes: list[Scene], local_aoi, predictor: SpeciesPredictor, work: Path) -> TileOutcome:
+    """Composites -> probabilities for one tile, written to the work folder with a done-marker."""
     done = work / f"{tile.id}.done"
     path = work / f"{tile.id}.tif"
     if done.exists() and path.exists():
         log.info("tile %s already done; skipping", tile.id)
-        return path
+        record = json.loads(done.read_text(encoding="utf-8"))
+        return TileOutcome(path, tuple(tuple(u) for u in record.get("unreadable", [])))
     tile_scenes = _tile_scenes(scenes, tile)
     if not tile_scenes:
         log.warning("tile %s: no scenes cover it; left as nodata", tile.id)
-        return None
+        return TileOutcome(None)
     cube = TileCube(tile_scenes, tile)
     composites, _ = monthly_composites(cube)
     from rasterio.transform import from_origin
@@ -150,10 +150,10 @@ def process_tile(tile: Tile, scenes: list[Scene], local_aoi, predictor: SpeciesP
     valid = geometry_mask([local_aoi], out_shape=(tile.height, tile.width), invert=True,
                           transform=from_origin(x0, y1, tile.resolution, tile.resolution))
     probs = predictor.predict_tile(composites, tile.halo, pixel_centres_lonlat(tile), valid)
-    data = tile_bands(probs, predictor.species)
-    write_tile_raster(path, tile, data)
-    done.write_text(json.dumps({"tile": tile.id, "scenes": len(tile_scenes)}), encoding="utf-8")
-    return path
+    write_tile_raster(path, tile, tile_bands(probs, predictor.species))
+    record = {"tile": tile.id, "scenes": len(tile_scenes), "unreadable": [list(u) for u in cube.unreadable]}
+    done.write_text(json.dumps(record), encoding="utf-8")
+    return TileOutcome(path, tuple(cube.unreadable))
 
 
 def predict(request: PredictRequest) -> PredictResult:
@@ -184,18 +184,21 @@ def predict(request: PredictRequest) -> PredictResult:
     predictor = SpeciesPredictor(model, species, InferenceSpec(request.batch_size, request.device),
                                  model_key=model_key, cache_dir=cache_root())
     sources = []
+    unreadable: dict[str, tuple[str, str, str, str]] = {}
     for k, tile in enumerate(plan.tiles, start=1):
         log.info("tile %s (%d/%d)", tile.id, k, len(plan.tiles))
-        path = process_tile(tile, scenes, local_aoi, predictor, work)
-        if path is not None:
-            sources.append((tile, path))
+        outcome = process_tile(tile, scenes, local_aoi, predictor, work)
+        if outcome.path is not None:
+            sources.append((tile, outcome.path))
+        unreadable.update({u[2]: u for u in outcome.unreadable})
     if not sources:
         raise NoScenesError("no tile of the AOI is covered by any scene")
 
-    products = write_products(out, plan, sources, species, start, end, len(scenes))
+    products = write_products(out, plan, sources, species, start, end, len(scenes), len(unreadable))
     if not request.keep_work:
         shutil.rmtree(work, ignore_errors=True)
-    return PredictResult(products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end, species.species)
+    return PredictResult(products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end, species.species,
+                         tuple(unreadable.values()))
 
 
 def tile_bands(probs: np.ndarray, species: SpeciesList) -> np.ndarray:
@@ -207,10 +210,10 @@ def tile_bands(probs: np.ndarray, species: SpeciesList) -> np.ndarray:
 
 
 def write_products(out: Path, plan: TilePlan, sources, species: SpeciesList, start: date, end: date,
-                   n_scenes: int) -> dict[str, Path]:
+                   n_scenes: int, n_unreadable: int = 0) -> dict[str, Path]:
     """Mosaic the per-tile rasters (band stack of :func:`tile_bands`) into the final COGs."""
     tags = {"TREEMAP_VERSION": __version__, "TREEMAP_PERIOD": f"{start.isoformat()}/{end.isoformat()}",
-            "TREEMAP_SCENES": str(n_scenes)}
+            "TREEMAP_SCENES": str(n_scenes), "TREEMAP_UNREADABLE_ASSETS": str(n_unreadable)}
     prob_tags = {**tags, "PROBABILITY_SCALE": str(PROB_SCALE), "PROBABILITY_NODATA": "255"}
     genera, _ = species.groups("genus")
     families, _ = species.groups("family")

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,7 +214,8 @@ class PgStac:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(self.venv / "bin" / "uvicorn"), "stac_fastapi.pgstac.app:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+                 "--timeout-graceful-shutdown", "2"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, env=env, start_new_session=True)
         _wait("stac-fastapi-pgstac", lambda: _http_ok(self.url + "/"), self.proc, self.log)
         return self
@@ -269,8 +269,9 @@ http {{
     def start(self) -> "Nginx":
         conf = self.dir / "nginx.conf"
         conf.write_text(self.config(), encoding="utf-8")
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait("nginx", lambda: _port_open(self.port), self.proc, self.dir / "error.log")
         return self
 
@@ -344,7 +345,7 @@ def _start_cli(state_dir: Path) -> None:
     print(f"STAC API   {api.url}  (collection sentinel-2-l2a: the demo world)")
     print(f"files      {web.url}  (serving {world.root})")
     print(f"database   {pg.dsn}")
-    print(f"try: treemap search --catalog {api.url} --aoi AOI --year {2022}")
+    print(f"try: treemap search --catalog {api.url} --aoi AOI --year {world.spec.year}")
 
 
 def _stop_cli(state_dir: Path) -> None:

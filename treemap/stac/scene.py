@@ -1,8 +1,27 @@
-"""Provider adapters: turn a STAC item dict (Earth Search, Planetary Computer, Copernicus Data Space, or any item
-following one of their layouts) into a :class:`Scene` with canonical band names, CRS and reflectance scale/offset.
+"""Provider adapters: turn a STAC item dict (Earth Search v1 and collection 1, Planetary Computer, Copernicus Data
+Space, or any item following one of their layouts) into a :class:`Scene` with canonical band names, CRS and
+reflectance scale/offset.
+
+What differs between providers, and how each is read:
+
+- band asset keys: common names (``blue``, ``nir08``, ``scl``: Earth Search), band ids (``B02``, ``B8A``, ``SCL``:
+  Planetary Computer), band ids with their native resolution (``B02_10m``, ``B05_20m``, ``SCL_20m``: Copernicus
+  Data Space; the resampled copies such as ``B02_20m`` are ignored). A COG is preferred over a JPEG 2000 copy of the
+  same band (Earth Search ``blue-jp2``); JPEG 2000 is used when it is all there is (Copernicus Data Space).
+- CRS: ``proj:epsg`` or ``proj:code`` ("EPSG:32633"), on the item or on its assets.
+- processing baseline: ``s2:processing_baseline``, else ``processing:version``, else the ``_Nxxyy_`` part of the
+  product name (``s2:product_uri`` or the item id).
+- reflectance scale/offset: ``raster:bands[0].scale/offset`` (Earth Search), ``raster:scale``/``raster:offset`` on
+  the asset or in its ``bands`` (Copernicus Data Space), none at all (Planetary Computer).
 
 Reflectance = DN * scale + offset. The offset follows the processing baseline (04.00 and later add +1000 DN, so the
-offset is -0.1); metadata that contradicts the baseline is logged and overruled.
+offset is -0.1); metadata that contradicts a known baseline is logged and overruled, and so is an
+``earthsearch:boa_offset_applied`` flag that disagrees with it. Without a baseline, the metadata offset is used
+where there is one, and the acquisition date (baseline 04.00 started on 25 January 2022) where there is none.
+
+Planetary Computer asset hrefs need a SAS token: such scenes are marked ``signing="planetary-computer"`` and their
+hrefs are signed by :meth:`Scene.to_stac`, i.e. when a tile's cube is built, right before its reads (tokens expire
+after about an hour, so signing at search time would fail long runs). ``Scene.bands`` stays unsigned.
 """
 
 from __future__ import annotations
@@ -13,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Mapping
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
 log = logging.getLogger("treemap.stac")
 
@@ -46,6 +65,8 @@ class Scene:
     processing_baseline: str | None = None
     collection: str | None = None
     band_grids: Mapping[str, tuple] = field(default_factory=dict)
+    #: How asset hrefs must be signed before reading: None, or "planetary-computer".
+    signing: str | None = None
 
     def to_record(self) -> dict:
         """The JSON record `treemap search --json` prints."""
@@ -67,6 +88,8 @@ class Scene:
         """A canonical STAC item (asset keys = band names, ``proj:epsg``) for stackstac."""
         assets = {}
         for name, href in self.bands.items():
+            if self.signing:
+                href = sign_href(href, self.signing)
             asset = {"href": href, "type": "image/tiff; application=geotiff", "roles": ["data"]}
             grid = self.band_grids.get(name)
             if grid:
@@ -120,10 +143,10 @@ def _band_key(key: str, asset: Mapping) -> str | None:
     return None
 
 
-def _is_cog(asset: Mapping) -> bool:
+def _is_jp2(asset: Mapping) -> bool:
     media = str(asset.get("type", ""))
-    href = str(asset.get("href", ""))
-    return "jp2" not in media and not href.lower().endswith(".jp2")
+    href = str(asset.get("href", "")).split("?", 1)[0]
+    return "jp2" in media or href.lower().endswith(".jp2")
 
 
 def _mgrs(props: Mapping, item_id: str) -> str | None:
@@ -137,6 +160,19 @@ def _mgrs(props: Mapping, item_id: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _baseline(props: Mapping, item_id: str) -> str | None:
+    """The processing baseline as "NN.NN", from whichever field the provider uses."""
+    for key in ("s2:processing_baseline", "processing:version"):
+        value = props.get(key)
+        if value is not None and re.fullmatch(r"\d{1,2}\.\d{1,2}", str(value).strip()):
+            return str(value).strip()
+    for name in (props.get("s2:product_uri"), item_id):
+        m = re.search(r"_N(\d{2})(\d{2})_", str(name or ""))
+        if m and m.group(1) != "99":  # N9999 marks products without a real baseline
+            return f"{m.group(1)}.{m.group(2)}"
+    return None
+
+
 def _baseline_has_offset(baseline: str | None, when: datetime) -> bool:
     if baseline:
         try:
@@ -146,11 +182,66 @@ def _baseline_has_offset(baseline: str | None, when: datetime) -> bool:
     return when >= BASELINE_04_START
 
 
+def _number(value) -> float | None:
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _metadata_scale_offset(asset: Mapping) -> tuple[float | None, float | None]:
+    """Scale and offset stated by an asset: raster extension v1 (``raster:bands``), v2 (``raster:scale`` on the
+    asset), or STAC 1.1 ``bands`` carrying ``raster:scale``."""
     bands = asset.get("raster:bands")
     if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
-        return bands[0].get("scale"), bands[0].get("offset")
-    return asset.get("raster:scale"), asset.get("raster:offset")
+        return _number(bands[0].get("scale")), _number(bands[0].get("offset"))
+    if "raster:scale" in asset or "raster:offset" in asset:
+        return _number(asset.get("raster:scale")), _number(asset.get("raster:offset"))
+    bands = asset.get("bands")
+    if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
+        return _number(bands[0].get("raster:scale")), _number(bands[0].get("raster:offset"))
+    return None, None
+
+
+PLANETARY_COMPUTER = "planetary-computer"
+
+
+def _needs_pc_signing(item: Mapping, hrefs: Mapping[str, str]) -> bool:
+    """Planetary Computer items: Azure blob hrefs without a SAS token, in an item that links to the PC API."""
+    unsigned = [h for h in hrefs.values()
+                if (urlparse(h).hostname or "").endswith(".blob.core.windows.net") and not urlparse(h).query]
+    if not unsigned:
+        return False
+    links = item.get("links") or []
+    return any("planetarycomputer.microsoft.com" in str(link.get("href", "")) for link in links
+               if isinstance(link, Mapping))
+
+
+def sign_href(href: str, signing: str) -> str:
+    """A readable href for ``signing`` ("planetary-computer": a SAS token from the ``planetary-computer`` package,
+    cached by it until shortly before it expires)."""
+    if signing != PLANETARY_COMPUTER:
+        raise ValueError(f"unknown href signing {signing!r}")
+    pc = require_planetary_computer()
+    try:
+        return pc.sign(href)
+    except Exception as exc:  # noqa: BLE001 - token service errors (requests, pydantic) become one line
+        from treemap.errors import CatalogError
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CatalogError(f"cannot sign Planetary Computer asset URL {href.split('?', 1)[0]}: {first}") from None
+
+
+def require_planetary_computer():
+    """The ``planetary_computer`` module, or a CatalogError saying how to install it."""
+    try:
+        import planetary_computer
+    except ImportError:
+        from treemap.errors import CatalogError
+
+        raise CatalogError("Planetary Computer asset URLs must be signed: install the extra with "
+                           "pip install 'treemap[planetary-computer]'") from None
+    return planetary_computer
 
 
 def _bbox2d(bbox) -> tuple[float, float, float, float]:
@@ -158,8 +249,9 @@ def _bbox2d(bbox) -> tuple[float, float, float, float]:
     return (values[0], values[1], values[3], values[4]) if len(values) == 6 else tuple(values[:4])  # type: ignore
 
 
-def normalise_item(item: Mapping, base_href: str | None = None) -> Scene:
-    """Normalise one STAC item dict. ``base_href`` resolves relative asset hrefs (local catalogs)."""
+def normalise_item(item: Mapping, base_href: str | None = None, signing: str | None = "auto") -> Scene:
+    """Normalise one STAC item dict. ``base_href`` resolves relative asset hrefs (local catalogs). ``signing``:
+    "auto" (detect Planetary Computer items), None (never sign), or "planetary-computer"."""
     item_id = str(item.get("id", "?"))
     props = item.get("properties") or {}
     assets = item.get("assets") or {}
@@ -167,15 +259,22 @@ def normalise_item(item: Mapping, base_href: str | None = None) -> Scene:
         raise ItemError(f"item {item_id} has no datetime")
     when = _parse_datetime(props["datetime"])
     epsg = _epsg(props, assets)
-    bands: dict[str, str] = {}
-    grids: dict[str, tuple] = {}
-    reflectance_asset: Mapping | None = None
+    chosen: dict[str, Mapping] = {}
     for key, asset in assets.items():
-        if not isinstance(asset, Mapping) or not _is_cog(asset):
+        if not isinstance(asset, Mapping) or not asset.get("href"):
             continue
         name = _band_key(key, asset)
-        if name is None or name in bands:
+        if name is None:
             continue
+        if name not in chosen or (_is_jp2(chosen[name]) and not _is_jp2(asset)):
+            chosen[name] = asset
+    missing = [b for b in BANDS + (SCL,) if b not in chosen]
+    if missing:
+        raise ItemError(f"item {item_id} lacks bands {', '.join(missing)}")
+    bands: dict[str, str] = {}
+    grids: dict[str, tuple] = {}
+    for name in BANDS + (SCL,):
+        asset = chosen[name]
         href = str(asset["href"])
         if base_href and not re.match(r"^[a-z][a-z0-9+.-]*://", href) and not href.startswith("/"):
             href = urljoin(base_href, href)
@@ -184,29 +283,16 @@ def normalise_item(item: Mapping, base_href: str | None = None) -> Scene:
         bands[name] = href
         if asset.get("proj:shape") and asset.get("proj:transform"):
             grids[name] = (tuple(asset["proj:shape"]), tuple(asset["proj:transform"])[:6])
-        if name == "B04":
-            reflectance_asset = asset
-    missing = [b for b in BANDS + (SCL,) if b not in bands]
-    if missing:
-        raise ItemError(f"item {item_id} lacks bands {', '.join(missing)}")
 
-    baseline = props.get("s2:processing_baseline")
-    expect_offset = _baseline_has_offset(baseline, when)
-    offset = _BOA_OFFSET if expect_offset else 0.0
-    meta_scale, meta_offset = _metadata_scale_offset(reflectance_asset or {})
-    scale = float(meta_scale) if meta_scale else _DEFAULT_SCALE
-    if meta_offset is not None and abs(float(meta_offset) - offset) > 1e-9:
-        log.warning("item %s: metadata offset %s disagrees with processing baseline %s; using %s",
-                    item_id, meta_offset, baseline or "(by date)", offset)
-    flag = props.get("earthsearch:boa_offset_applied")
-    if flag is not None and bool(flag) != expect_offset:
-        log.warning("item %s: earthsearch:boa_offset_applied=%s disagrees with baseline %s; ignored",
-                    item_id, flag, baseline)
+    baseline = _baseline(props, item_id)
+    scale, offset = _scale_offset(item_id, props, chosen["B04"], baseline, when)
 
     bbox = item.get("bbox")
     if not bbox or len(bbox) < 4:
         raise ItemError(f"item {item_id} has no bbox")
     cloud = props.get("eo:cloud_cover")
+    if signing == "auto":
+        signing = PLANETARY_COMPUTER if _needs_pc_signing(item, bands) else None
     return Scene(
         id=item_id,
         datetime=when,
@@ -221,4 +307,26 @@ def normalise_item(item: Mapping, base_href: str | None = None) -> Scene:
         processing_baseline=baseline,
         collection=item.get("collection"),
         band_grids=MappingProxyType(grids),
+        signing=signing,
     )
+
+
+def _scale_offset(item_id: str, props: Mapping, asset: Mapping, baseline: str | None,
+                  when: datetime) -> tuple[float, float]:
+    """(scale, offset) of the reflectance bands; see the module docstring for the rule."""
+    meta_scale, meta_offset = _metadata_scale_offset(asset)
+    scale = meta_scale if meta_scale else _DEFAULT_SCALE
+    if baseline is not None:
+        offset = _BOA_OFFSET if _baseline_has_offset(baseline, when) else 0.0
+        if meta_offset is not None and abs(meta_offset - offset) > 1e-9:
+            log.warning("item %s: metadata offset %s disagrees with processing baseline %s; using %s",
+                        item_id, meta_offset, baseline, offset)
+    elif meta_offset is not None:
+        offset = meta_offset
+    else:
+        offset = _BOA_OFFSET if when >= BASELINE_04_START else 0.0
+    flag = props.get("earthsearch:boa_offset_applied")
+    if isinstance(flag, bool) and flag != (offset != 0.0):
+        log.warning("item %s: earthsearch:boa_offset_applied=%s disagrees with %s; ignored", item_id, flag,
+                    f"processing baseline {baseline}" if baseline else f"offset {offset}")
+    return scale, offset
