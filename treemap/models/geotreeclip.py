@@ -6,6 +6,10 @@ CLIP vision tower -> zero the missing months -> one self-attention over the 12 m
 projection; auxiliary variables -> four group encoders -> fusion -> aux projection; concat -> fusion = the location
 embedding. Text path: CLIP text tower pooled at the end-of-text token; the official model has no text projection.
 
+``encode_location`` computes this with the fast inference path of ``treemap.models.engine`` (missing months skipped,
+resize and patch embedding folded into one matrix, two-token attention as elementwise arithmetic, CLS-only last
+layer); ``treemap.models.reference`` is the plain step-by-step forward it is tested and benchmarked against.
+
 Module attribute names follow the official code, so ``state_dict()`` has the tensor names of the official checkpoint
 (``temporal_extractor.clip_vit.model.vision_model...``, ``text_encoder.text_encoder.text_model...``); the plain
 ``_Level`` containers exist only to reproduce that nesting.
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 
 from treemap.models.clip import CLIPTextTransformer, CLIPVisionTransformer
 from treemap.models.config import AUX_GROUPS, GeoTreeCLIPConfig
+from treemap.models.engine import TwoTokenEngine
 from treemap.models.normalise import Normaliser, make_normaliser, month_mask
 from treemap.models.tokenizer import tokenize
 
@@ -42,7 +47,12 @@ def _dense(n_in: int, n_out: int) -> nn.Sequential:
 
 
 class MonthEncoder(nn.Module):
-    """One monthly patch -> a feature vector (class token of the vision tower)."""
+    """Monthly patches -> feature vectors (class token of the vision tower).
+
+    ``forward`` takes the fast path of ``treemap.models.engine`` (folded resize + embedding, two-token attention,
+    CLS-only last layer) when the tower has one patch and no gradient is needed; ``reference`` is the plain
+    computation (bilinear resize, then the tower's modules), which the fast path is tested against.
+    """
 
     def __init__(self, c: GeoTreeCLIPConfig):
         super().__init__()
@@ -50,8 +60,19 @@ class MonthEncoder(nn.Module):
         vision = CLIPVisionTransformer(c.vision_hidden, c.vision_layers, c.vision_heads, c.vision_mlp, c.channels,
                                        c.image_size, c.patch_size, c.layer_norm_eps)
         self.model = _Level(vision_model=vision)
+        # A plain attribute, not a submodule: the engine's derived weights stay out of state_dict().
+        self.engine = TwoTokenEngine(vision, c.vision_heads) if TwoTokenEngine.supports(vision) else None
+
+    def _fast(self) -> bool:
+        if self.engine is None:
+            return False
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
 
     def forward(self, patches: Tensor) -> Tensor:
+        """``(N, channels, h, w)`` normalised patches -> ``(N, hidden)``."""
+        return self.engine(patches) if self._fast() else self.reference(patches)
+
+    def reference(self, patches: Tensor) -> Tensor:
         size = (self.image_size, self.image_size)
         if patches.shape[-2:] != size:
             patches = F.interpolate(patches, size=size, mode="bilinear", align_corners=False)
@@ -69,12 +90,28 @@ class TemporalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
+    def _attend(self, qkv: Tensor) -> Tensor:
+        b, t, width3 = qkv.shape
+        width = width3 // 3
+        q, k, v = (z.view(b, t, self.heads, width // self.heads).transpose(1, 2) for z in qkv.chunk(3, dim=-1))
+        return F.scaled_dot_product_attention(q, k, v)  # (b, heads, t, head_dim)
+
     def forward(self, x: Tensor) -> Tensor:
         b, t, width = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, width // self.heads).transpose(1, 2) for z in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = self._attend(F.linear(x, self.in_proj_weight, self.in_proj_bias))
         return self.out_proj(out.transpose(1, 2).reshape(b, t, width))
+
+    def pooled(self, monthly: Tensor, index: Tensor, b: int, t: int) -> Tensor:
+        """``forward(features).mean(1)``, where ``features`` ``(b, t, width)`` is zero except at the flat
+        positions ``index`` (into ``b * t``), which hold ``monthly`` ``(len(index), width)``.
+
+        The zero vectors are not projected (their q/k/v are the biases), and the output projection is applied
+        once to the mean over months (it is affine, so it commutes with the mean)."""
+        proj = F.linear(monthly, self.in_proj_weight, self.in_proj_bias)  # (M, 3 width)
+        qkv = self.in_proj_bias.to(proj.dtype).expand(b * t, proj.shape[-1]).clone()
+        qkv.index_copy_(0, index, proj)
+        out = self._attend(qkv.view(b, t, -1)).mean(dim=2)  # (b, heads, head_dim)
+        return self.out_proj(out.reshape(b, -1))
 
 
 class TemporalPooling(nn.Module):
@@ -96,14 +133,14 @@ class TemporalEncoder(nn.Module):
         self.width = c.vision_hidden
 
     def forward(self, images: Tensor, present: Tensor) -> Tensor:
-        """``images`` (B, T, C, H, W) normalised, ``present`` (B, T) bool -> (B, width)."""
+        """``images`` (B, T, C, H, W) normalised, ``present`` (B, T) bool -> (B, width).
+
+        Missing months would be multiplied by zero after the vision tower: they are not computed at all.
+        """
         b, t = present.shape
-        # Missing months would be multiplied by zero after the vision tower; they are simply not computed.
-        monthly = self.clip_vit(images[present]) if present.any() else None
-        features = images.new_zeros(b, t, self.width, dtype=monthly.dtype if monthly is not None else None)
-        if monthly is not None:
-            features[present] = monthly
-        return self.temporal_attention(features)
+        index = present.flatten().nonzero().squeeze(1)  # one device-to-host synchronisation per batch
+        monthly = self.clip_vit(images.flatten(0, 1).index_select(0, index))
+        return self.temporal_attention.attn.pooled(monthly, index, b, t)
 
 
 class AuxiliaryEncoder(nn.Module):
@@ -155,6 +192,12 @@ class GeoTreeCLIP(nn.Module):
         device = next(self.parameters()).device
         self.normaliser = make_normaliser(self.config).to(device)
 
+    def enable_compile(self, enabled: bool = True) -> bool:
+        """Run the vision tower's fast path through ``torch.compile`` (off by default: on CPU the tower is GEMM-bound
+        and compiling takes minutes). Returns whether compilation is active."""
+        engine = self.temporal_extractor.clip_vit.engine
+        return engine.enable_compile(enabled) if engine is not None else False
+
     # -- encoders ---------------------------------------------------------------------------------------------
     def encode_location(self, images: Tensor, aux: Tensor) -> Tensor:
         """Location embeddings ``(B, embed_dim)``, not L2-normalised.
@@ -191,6 +234,13 @@ class GeoTreeCLIP(nn.Module):
 
     @staticmethod
     def zero_shot(location_emb: Tensor, text_emb: Tensor) -> Tensor:
-        """Species probabilities ``(B, S)``: softmax over ``100 x`` cosine similarity."""
-        logits = LOGIT_SCALE * F.normalize(location_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
-        return logits.softmax(dim=-1)
+        """Species probabilities ``(B, S)`` float32: softmax over ``100 x`` cosine similarity.
+
+        Always computed in float32 (also under autocast): in bf16 the factor 100 would turn the cosine's rounding
+        (about 0.004) into logit errors of about 0.4.
+        """
+        dtype = torch.promote_types(location_emb.dtype, torch.float32)
+        with torch.autocast(location_emb.device.type, enabled=False):
+            loc = F.normalize(location_emb.to(dtype), dim=-1)
+            text = F.normalize(text_emb.to(loc.device, dtype), dim=-1)
+            return (LOGIT_SCALE * loc @ text.T).softmax(dim=-1)
