@@ -182,6 +182,27 @@ def search(aoi, start, end, year, catalog, max_cloud, as_json):
     log.info("%d scenes", len(scenes))
 
 
+@cli.command()
+@click.option("--points", required=True, type=click.Path(path_type=Path),
+              help="Occurrence CSV: longitude, latitude, year and level0/family/genus/species columns.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder for the shards.")
+@click.option("--catalog", default="earth-search", show_default=True, help="Any --catalog form of predict.")
+@click.option("--recipe", type=click.Path(path_type=Path),
+              help="YAML: compositing, shard size, auxiliary rasters (see recipes/).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of shard paths.")
+def extract(points, out, catalog, recipe, as_json):
+    """Training shards (official GeoTreeCLIP format) for occurrence points; resumable."""
+    from treemap.extract import extract_points
+
+    result = extract_points(points, out, catalog, recipe=recipe)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        for shard in result.shards:
+            click.echo(str(shard))
+    log.info("%d samples written, %d points skipped (see %s)", result.written, result.skipped, result.report)
+
+
 @cli.group()
 def model():
     """Model files: import official checkpoints, show a model card."""
