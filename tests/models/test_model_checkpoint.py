@@ -83,12 +83,12 @@ def test_safetensors_round_trip(tiny_model, make_inputs, tmp_path):
 def test_demo_model_round_trip_keeps_fixed_normalisation(make_inputs, tmp_path):
     model, card = demo_model()
     assert card.normalisation == "fixed" and model.config.normalisation == "fixed"
-    assert card.statistics["band_min"] == [0.0] * 10 and card.statistics["band_max"] == [0.6] * 10
-    lon, lat = AUX_VARIABLES.index("longitude"), AUX_VARIABLES.index("latitude")
-    assert (card.statistics["aux_min"][lon], card.statistics["aux_max"][lon]) == (-180.0, 180.0)
-    assert (card.statistics["aux_min"][lat], card.statistics["aux_max"][lat]) == (-90.0, 90.0)
+    # the shipped demo model's statistics are derived from its training shards: plausible reflectance ranges
+    stats = card.statistics
+    assert all(0.0 <= lo < hi <= 1.5 for lo, hi in zip(stats["band_min"], stats["band_max"]))
+    assert all(lo < hi for lo, hi in zip(stats["aux_min"], stats["aux_max"]))
     again, _ = demo_model()
-    assert_same_outputs(model, again, make_inputs)  # seeded
+    assert_same_outputs(model, again, make_inputs)  # the same file, the same model
     loaded, loaded_card = load_model(save_model(model, card, tmp_path / "demo.safetensors"))
     assert loaded_card == card and loaded.config == model.config
     assert_same_outputs(loaded, model, make_inputs)

@@ -179,14 +179,13 @@ def demo_config() -> GeoTreeCLIPConfig:
 
 
 def demo_model() -> tuple[GeoTreeCLIP, ModelCard]:
-    """The offline demo model: tiny, random weights (seed 0), fixed normalisation. A placeholder until a model
-    trained on the demo world replaces it."""
-    model = random_model(demo_config(), seed=0)
-    card = ModelCard.for_model(
-        model,
-        notes="Random tiny GeoTreeCLIP (seed 0) for the offline demo; its predictions carry no information.",
-    )
-    return model, card
+    """The offline demo model: a tiny GeoTreeCLIP trained on the demo world (``python -m train.demo_model``
+    rebuilds it), shipped in ``treemap/data/models/demo-tiny.safetensors``."""
+    from importlib import resources
+
+    ref = resources.files("treemap.data") / "models" / "demo-tiny.safetensors"
+    with resources.as_file(ref) as path:
+        return load_model(path)
 
 
 # -- saving -----------------------------------------------------------------------------------------------------
