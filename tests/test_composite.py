@@ -133,3 +133,4 @@ def test_nanmedian_matches_numpy(t):
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.nanmedian(stack, axis=0)
     np.testing.assert_array_equal(nanmedian_time(stack), expected.astype(np.float32))
+

@@ -480,7 +480,7 @@ def window_patches(catalog, members: list[Located], year: int, epsg: int, compos
     from treemap.composite import monthly_composites
     from treemap.cube import CLEAR_SCL, TileCube
     from treemap.grid import lonlat_bbox
-    from treemap.infer import _fill_present_months
+    from treemap.infer import fill_present_months
     from treemap.stac import Query
 
     tile, c0, r1 = _window_tile(members, epsg)
@@ -501,7 +501,7 @@ def window_patches(catalog, members: list[Located], year: int, epsg: int, compos
         r = (r1 - 1 - m.row) + HALO  # read-grid row of the point's pixel
         c = (m.col - c0) + HALO
         patch = comps[:, :, r - HALO:r + HALO + 1, c - HALO:c + HALO + 1][None].copy()
-        patch = _fill_present_months(patch)[0]
+        patch = fill_present_months(patch)[0]
         if np.isnan(patch).all():
             inside = any(s.bbox[0] <= m.point.lon <= s.bbox[2] and s.bbox[1] <= m.point.lat <= s.bbox[3]
                          for s in scenes)

@@ -50,11 +50,12 @@ def pixel_patches(composites: np.ndarray, halo: int, rows: slice) -> np.ndarray:
     block = composites[:, :, start + halo - r: stop + halo + r, halo - r: halo + width + r]
     windows = np.lib.stride_tricks.sliding_window_view(block, (PATCH, PATCH), axis=(2, 3))
     # windows: (12, 10, rows, width, 5, 5) -> (rows*width, 12, 10, 5, 5)
-    out = np.ascontiguousarray(windows.transpose(2, 3, 0, 1, 4, 5)).reshape(-1, 12, composites.shape[1], PATCH, PATCH)
-    return _fill_present_months(out)
+    # copy(): a writable C-ordered array even where the transposed view happens to be contiguous (1-px-wide cores)
+    out = windows.transpose(2, 3, 0, 1, 4, 5).copy().reshape(-1, 12, composites.shape[1], PATCH, PATCH)
+    return fill_present_months(out)
 
 
-def _fill_present_months(patches: np.ndarray) -> np.ndarray:
+def fill_present_months(patches: np.ndarray) -> np.ndarray:
     """Months whose centre pixel is missing become all-NaN (missing); other gaps take the patch mean per band."""
     c = PATCH // 2
     centre_missing = np.isnan(patches[:, :, :, c, c]).any(axis=2)  # (N, 12)
