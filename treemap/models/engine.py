@@ -13,11 +13,12 @@ same function as the plain forward (``treemap.models.reference``); only floating
 * **Two-key attention as elementwise arithmetic.** With two keys, softmax gives key 0 the weight
   ``sigmoid(q . (k0 - k1) / sqrt(d))`` per head and the output is ``v1 + w0 (v0 - v1)``: a few elementwise operations
   on ``(months, hidden)`` arrays instead of tens of thousands of 2 x 2 attention problems.
-* **Token differences.** Only ``k0 - k1`` and ``v0 - v1`` are needed besides ``v1``, and ``k0 - k1 = (y0 - y1) Wk^T``
-  (the bias cancels), so the k projection of both tokens is replaced by one product on the difference: per layer
-  and month 5 instead of 6 hidden x hidden products for q, k and v.
+* **Token differences.** Of the keys only ``k0 - k1`` is needed, and ``k0 - k1 = (y0 - y1) Wk^T`` (the bias cancels),
+  so the k projection of both tokens is replaced by one product on the difference: per layer and month 5 instead of
+  6 hidden x hidden products for q, k and v.
 * **Big GEMMs.** The hidden state is one ``(2, M, hidden)`` array (CLS rows, then patch rows) for the ``M`` present
-  months of the batch, so each projection is one matrix product over ``2 M`` (or ``M``) rows.
+  months of the batch, so each projection is one matrix product over ``2 M`` (or ``M``) rows; q and v come from one
+  product with a packed ``[Wq; Wv]`` (the packed ``[Wq; Wv; Wk]`` is the cache's one large copy).
 * **Last layer for CLS only.** Only the CLS output of the last layer is read: the last layer computes the CLS query,
   its attention, output projection and MLP, and nothing else for the patch token than what the CLS query needs.
 * **SiLU.** ``quick_gelu(z) = z sigmoid(1.702 z) = silu(1.702 z) / 1.702``: the 1.702 goes into the second
@@ -27,10 +28,10 @@ same function as the plain forward (``treemap.models.reference``); only floating
   projection biases; only present months are projected, and the output projection, which is affine, is applied once
   to the mean over months.
 
-Weights derived from parameters live in a cache outside ``state_dict()``. In the parameters' own dtype the large
-matrices are the parameters themselves (no copy); the cache holds the folded embedding and vectors. It is rebuilt when
-a parameter changes (version counter: in-place updates, ``load_state_dict``), moves (storage address) or when the
-compute dtype or input size changes.
+Weights derived from parameters live in a cache outside ``state_dict()``: the packed q/v/k matrices (3 hidden^2 per
+layer, 85 MB for the full model in fp32), the folded embedding and a few vectors; in the parameters' own dtype the
+other matrices are the parameters themselves. It is rebuilt when a parameter changes (version counter: in-place
+updates, ``load_state_dict``), moves (storage address) or when the compute dtype or input size changes.
 
 Under autocast (bf16 on CUDA; CPU in tests) the products run in the autocast dtype on weights cast once, while the
 residual stream and LayerNorms stay float32, as autocast does for the plain modules.
@@ -85,11 +86,8 @@ def _signature(params) -> tuple:
 @dataclass
 class _Layer:
     ln1: tuple[Tensor, Tensor]
-    wq: Tensor
-    bq: Tensor
-    wk: Tensor  # (its bias cancels in k0 - k1)
-    wv: Tensor
-    bv: Tensor
+    w3: Tensor  # rows [Wq; Wv; Wk]: [Wq; Wv] and [Wv; Wk] are contiguous blocks
+    bqv: Tensor  # [bq; bv] (k's bias cancels in k0 - k1)
     wo: Tensor
     bo: Tensor
     ln2: tuple[Tensor, Tensor]  # x 1.702 ...
@@ -112,15 +110,15 @@ class _Prepared:
     patch_bias: Tensor  # position embedding of the patch token
     pre_ln: tuple[Tensor, Tensor]
     cls0: Tensor  # (h,) the CLS token entering the first layer
-    cls_qkv0: tuple[Tensor, Tensor, Tensor]  # its first-layer q, k, v (compute dtype)
+    cls_qkv0: tuple[Tensor, Tensor, Tensor]  # its first-layer q, k, v without biases; compute dtype
     layers: list[_Layer]
     folded: dict[tuple[int, int], Tensor] = field(default_factory=dict)  # by input (h, w)
     conv_weight: Tensor | None = None
 
 
 def _prepare(vision: nn.Module, heads: int, dtype: torch.dtype, device: torch.device) -> _Prepared:
-    """Derived weights. In the parameters' own dtype and device the large matrices are the parameters themselves
-    (no copy); otherwise they are cast once."""
+    """Derived weights: the packed q/v/k matrix (a copy), the rest the parameters themselves where dtype and device
+    agree, else cast once."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     emb = vision.embeddings
     hidden = emb.class_embedding.shape[0]
@@ -138,8 +136,8 @@ def _prepare(vision: nn.Module, heads: int, dtype: torch.dtype, device: torch.de
         w2_is_param = mlp.fc2.weight.dtype == dtype and mlp.fc2.weight.device == device
         layers.append(_Layer(
             ln1=(to(layer.layer_norm1.weight, acc), to(layer.layer_norm1.bias, acc)),
-            wq=to(attn.q_proj.weight), bq=to(attn.q_proj.bias), wk=to(attn.k_proj.weight),
-            wv=to(attn.v_proj.weight), bv=to(attn.v_proj.bias),
+            w3=torch.cat([to(attn.q_proj.weight), to(attn.v_proj.weight), to(attn.k_proj.weight)]),
+            bqv=torch.cat([to(attn.q_proj.bias), to(attn.v_proj.bias)]),
             wo=to(attn.out_proj.weight), bo=to(attn.out_proj.bias),
             ln2=(scaled(layer.layer_norm2.weight, QUICK_GELU, acc), scaled(layer.layer_norm2.bias, QUICK_GELU, acc)),
             w1=to(mlp.fc1.weight), b1=scaled(mlp.fc1.bias, QUICK_GELU),
@@ -151,7 +149,8 @@ def _prepare(vision: nn.Module, heads: int, dtype: torch.dtype, device: torch.de
     cls0 = F.layer_norm(to(emb.class_embedding, acc) + positions[0], (hidden,), *pre_ln, eps)
     first = layers[0]
     y0 = F.layer_norm(cls0, (hidden,), *first.ln1, eps).to(dtype)
-    cls_qkv0 = (F.linear(y0, first.wq, first.bq), F.linear(y0, first.wk), F.linear(y0, first.wv, first.bv))
+    q, v, k = F.linear(y0, first.w3).split(hidden)
+    cls_qkv0 = (q, k, v)
     return _Prepared(
         signature=(), dtype=dtype, acc=acc, device=device, hidden=hidden, heads=heads, eps=eps,
         patch_bias=positions[1].contiguous(), pre_ln=pre_ln, cls0=cls0, cls_qkv0=cls_qkv0, layers=layers,
@@ -205,23 +204,31 @@ def run_tower(prep: _Prepared, folded: Tensor, pixels: Tensor) -> Tensor:
     x[1] = F.layer_norm(patch, (h,), *prep.pre_ln, eps)
     last = len(prep.layers) - 1
     for i, layer in enumerate(prep.layers):
+        w3, bqv = layer.w3, layer.bqv
         if i == 0:
             # The CLS token is the same for every month: its q, k, v were computed once (``cls_qkv0``).
             y1 = F.layer_norm(x[1], (h,), *layer.ln1, eps).to(dtype)
+            qvk1 = F.linear(y1, w3)  # patch token, without biases (they cancel in the differences)
             q0, k0, v0 = prep.cls_qkv0
-            q = torch.stack([q0.expand(m, h), F.linear(y1, layer.wq, layer.bq)])
-            v1 = F.linear(y1, layer.wv, layer.bv)
-            dk = torch.sub(k0, F.linear(y1, layer.wk))  # k's bias cancels in k0 - k1
-            dv = torch.sub(v0, v1)
+            q = torch.stack([q0.expand(m, h), qvk1[:, :h]]).add_(bqv[:h])
+            dk = torch.sub(k0, qvk1[:, 2 * h:])
+            dv = torch.sub(v0, qvk1[:, h:2 * h])
+            v1 = qvk1[:, h:2 * h].add_(bqv[h:])
         else:
             y = F.layer_norm(x, (h,), *layer.ln1, eps).to(dtype)
-            # k0 - k1 = (y0 - y1) Wk^T (the bias cancels), likewise v0 - v1: one product on the difference of
-            # the two tokens replaces the k and v products of both.
+            # k0 - k1 = (y0 - y1) Wk^T (the bias cancels): one product on the difference of the two tokens
+            # replaces the k products of both.
             dy = y[0] - y[1]
-            dk, dv = F.linear(dy, layer.wk), F.linear(dy, layer.wv)
-            v1 = F.linear(y[1], layer.wv, layer.bv)
-            # In the last layer only the CLS query is needed.
-            q = F.linear(y, layer.wq, layer.bq) if i < last else F.linear(y[0], layer.wq, layer.bq).unsqueeze(0)
+            if i < last:
+                qv = F.linear(y, w3[:2 * h], bqv)  # q and v of both tokens, (2, M, 2h)
+                q, v1 = qv[..., :h], qv[1, :, h:]
+                dk = F.linear(dy, w3[2 * h:])
+                dv = qv[0, :, h:] - v1
+            else:  # only the CLS query is needed in the last layer; v0 - v1 from the difference too
+                q = F.linear(y[0], w3[:h], bqv[:h]).unsqueeze(0)
+                dvk = F.linear(dy, w3[h:])
+                dv, dk = dvk[:, :h], dvk[:, h:]
+                v1 = F.linear(y[1], w3[h:2 * h], bqv[h:])
         if i == last:
             # Only the CLS output of the last layer is used: attention output, projection and MLP for CLS alone.
             cls = x[0]
