@@ -13,7 +13,7 @@ from treemap.aoi import AOI
 from treemap.composite import clear_mask, harmonise, mask_reflectance, monthly_composites, mosaic_first_valid
 from treemap.cube import MODEL_BANDS, TileCube
 from treemap.grid import plan_tiles, to_crs
-from treemap.run import _tile_scenes
+from treemap.run import scenes_for_tile
 from treemap.stac import Query, open_catalog
 
 
@@ -103,7 +103,7 @@ def test_monthly_composites_match_numpy_reference(small_world):
     aoi = AOI(to_crs(local, 4326, src_epsg=spec.epsg))
     plan = plan_tiles(aoi, tile_size=4096)
     tile = plan.tiles[0]
-    scenes = _tile_scenes(catalog.search(Query(aoi.bounds, date(spec.year, 1, 1), date(spec.year, 12, 31))), tile)
+    scenes = scenes_for_tile(catalog.search(Query(aoi.bounds, date(spec.year, 1, 1), date(spec.year, 12, 31))), tile)
     tiles_seen = {s.mgrs_tile for s in scenes}
     assert len(tiles_seen) == 2, "the test tile must be covered by both MGRS-like tiles"
     comps, counts = monthly_composites(TileCube(scenes, tile))

@@ -115,17 +115,60 @@ def _load_recipe(ctx, param, value):
 @click.option("--species", help="Candidate species list CSV, or 'demo' (default for --catalog demo).")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--head", type=click.Path(path_type=Path),
+              help="A few-shot head file (treemap fewshot) fitted on --model: maps the head's species.")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0, 20),
+              help="Also write top_species.tif: the k most probable species per pixel and their probabilities.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of paths.")
-def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device,
-            keep_work, as_json):
+def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device, head,
+            top_k, keep_work, as_json):
     """Map species probabilities over an AOI; prints the paths of the COGs written."""
     from treemap.run import PredictRequest, predict as run_predict
 
     start, end = _year_window(year, start, end)
     result = run_predict(PredictRequest(
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
-        model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work))
+        model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work, head=head,
+        top_k=top_k))
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        for path in result.products.values():
+            click.echo(str(path))
+
+
+@cli.command()
+@click.option("--recipe", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
+              callback=_load_recipe, help="YAML file of option defaults (see recipes/).")
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path),
+              help="Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326.")
+@click.option("--year", required=True, type=click.IntRange(1, 9998), help="The year whose seasons are reported.")
+@click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
+              help="Output folder.")
+@click.option("--catalog", default="earth-search", show_default=True, help="Any --catalog form of predict.")
+@click.option("--index", type=click.Choice(["evi", "ndvi"]), default="evi", show_default=True,
+              help="Vegetation index the seasons are read from.")
+@click.option("--margin-days", default=183, show_default=True, type=click.IntRange(0, 366),
+              help="Days of data read before and after the year, so cycles crossing the new year are whole.")
+@click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Skip scenes with more cloud cover (percent); pixels are masked with SCL anyway.")
+@click.option("--min-observations", default=12, show_default=True, type=click.IntRange(4),
+              help="Fewer clear observations in the year: the pixel gets no dates (QA 1).")
+@click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
+              help="Tile edge in 10 m pixels.")
+@click.option("--seasonal", is_flag=True, help="Also write seasonal_composites.tif: clear-sky medians of the four "
+              "phenological seasons.")
+@click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of paths.")
+def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observations, tile_size, seasonal,
+              keep_work, as_json):
+    """Season timing per pixel (MCD12Q2 transition dates) for one year; prints the paths of the COGs written."""
+    from treemap.phenology_run import PhenologyRequest, run_phenology
+
+    result = run_phenology(PhenologyRequest(
+        aoi=aoi, out=out, year=year, catalog=catalog, index=index, margin_days=margin_days, max_cloud=max_cloud,
+        tile_size=tile_size, min_observations=min_observations, seasonal=seasonal, keep_work=keep_work))
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -201,6 +244,31 @@ def extract(points, out, catalog, recipe, as_json):
         for shard in result.shards:
             click.echo(str(shard))
     log.info("%d samples written, %d points skipped (see %s)", result.written, result.skipped, result.report)
+
+
+@cli.command()
+@click.option("--points", required=True, type=click.Path(path_type=Path),
+              help="Labelled points: GeoJSON Point features (properties: species, optional genus, family, level0, "
+                   "year) or a CSV like extract takes.")
+@click.option("--model", "model_ref", required=True, help="The model the head is for: a .safetensors/.pth or 'demo'.")
+@click.option("--catalog", default="earth-search", show_default=True, help="Any --catalog form of predict.")
+@click.option("--head", "kind", type=click.Choice(["prototype", "linear"]), default="prototype", show_default=True,
+              help="prototype: class means (from one sample per species); linear: logistic regression.")
+@click.option("--year", type=click.IntRange(2015, 2100), help="Imagery year for points without a year.")
+@click.option("--taxonomy", type=click.Path(path_type=Path),
+              help="Species-list CSV filling in level0/family/genus for points that give only the species.")
+@click.option("--out", "out", type=click.Path(path_type=Path),
+              help="Head file (default: MODEL.head-KIND.safetensors beside the model).")
+@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the head's path.")
+def fewshot(points, model_ref, catalog, kind, year, taxonomy, out, batch_size, device, as_json):
+    """Fit a few-shot species head from labelled points; use it with `predict --head`."""
+    from treemap.fewshot import FewShotRequest, fit_from_points
+
+    result = fit_from_points(FewShotRequest(points=points, model=model_ref, catalog=catalog, kind=kind, out=out,
+                                            year=year, taxonomy=taxonomy, batch_size=batch_size, device=device))
+    click.echo(json.dumps(result.to_json()) if as_json else str(result.head))
 
 
 @cli.group()

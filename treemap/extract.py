@@ -281,11 +281,11 @@ def read_points(path: str | Path, options: ExtractOptions = ExtractOptions()) ->
             reader = csv.DictReader(fh, delimiter=delimiter)
             header = list(reader.fieldnames or [])
             cols = {name: _column(header, name) for name in COLUMNS}
-            required = ["longitude", "latitude", "family", "genus", "species"]
+            required = ["longitude", "latitude", "species"]
             if options.default_year is None:
                 required.append("year")
-            if not taxonomy:
-                required.append("level0")
+            if not taxonomy:  # a taxonomy list fills in level0, family and genus per species
+                required.extend(["level0", "family", "genus"])
             missing = [COLUMNS[n][0] for n in required if cols[n] is None]
             if missing:
                 extra = " (or give a taxonomy list with level0 per species)" if "level0" in missing else ""
@@ -320,8 +320,8 @@ def read_points(path: str | Path, options: ExtractOptions = ExtractOptions()) ->
             if not 2015 <= year <= 2100:
                 raise ValueError(f"year {year} is outside the Sentinel-2 era")
             species = (row.get(cols["species"]) or "").strip()
-            family = (row.get(cols["family"]) or "").strip()
-            genus = (row.get(cols["genus"]) or "").strip()
+            family = (row.get(cols["family"]) or "").strip() if cols["family"] else ""
+            genus = (row.get(cols["genus"]) or "").strip() if cols["genus"] else ""
             level0 = (row.get(cols["level0"]) or "").strip() if cols["level0"] else ""
             if species in taxonomy:
                 known = taxonomy[species]

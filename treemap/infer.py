@@ -106,15 +106,40 @@ def text_features(model, species: SpeciesList, model_key: str | None = None,
 
 
 class SpeciesPredictor:
-    """Zero-shot species probabilities for pixel patches with a GeoTreeCLIP model."""
+    """Species probabilities for pixel patches with a GeoTreeCLIP model: zero-shot over a species list (text
+    features), or with a few-shot head (:mod:`treemap.heads`), which then sets the species."""
 
     def __init__(self, model, species: SpeciesList, spec: InferenceSpec = InferenceSpec(),
-                 model_key: str | None = None, cache_dir: Path | None = None):
+                 model_key: str | None = None, cache_dir: Path | None = None, head=None):
         self.device = spec.resolve_device()
         self.batch_size = spec.batch_size
         self.model = model.to(self.device).eval()
-        self.species = species
-        self.text = text_features(self.model, species, model_key, cache_dir).to(self.device)
+        self.head = head
+        if head is not None:
+            self.species = head.species
+            self.text = None
+        else:
+            self.species = species
+            self.text = text_features(self.model, species, model_key, cache_dir).to(self.device)
+
+    def _to_device(self, array: np.ndarray, slot: int) -> torch.Tensor:
+        """A batch on the device. On CUDA it goes through a reused page-locked (pinned) host buffer, so the copy is
+        a direct DMA that runs asynchronously (``non_blocking``) instead of a staged pageable copy."""
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return host
+        buffers = self.__dict__.setdefault("_pinned", {})
+        buf = buffers.get(slot)
+        if buf is None or buf.numel() < host.numel():
+            # a fresh buffer: the previous one may still feed an in-flight copy, so it is never overwritten
+            buf = torch.empty(max(host.numel(), self.batch_size * host[0].numel() if host.shape[0] else 0),
+                              dtype=host.dtype, pin_memory=True)
+            buffers[slot] = buf
+        else:
+            torch.cuda.current_stream(self.device).synchronize()  # the last copy out of this buffer has finished
+        staged = buf[: host.numel()].view(host.shape)
+        staged.copy_(host)
+        return staged.to(self.device, non_blocking=True)
 
     def predict(self, patches: np.ndarray, aux: np.ndarray) -> np.ndarray:
         """Probabilities (N, S) float32 for patches (N, 12, 10, 5, 5) and aux (N, 27)."""
@@ -123,10 +148,11 @@ class SpeciesPredictor:
         with torch.inference_mode(), autocast:
             for start in range(0, patches.shape[0], self.batch_size):
                 stop = min(start + self.batch_size, patches.shape[0])
-                x = torch.from_numpy(patches[start:stop]).to(self.device, non_blocking=True)
-                a = torch.from_numpy(aux[start:stop]).to(self.device, non_blocking=True)
+                x = self._to_device(patches[start:stop], 0)
+                a = self._to_device(aux[start:stop], 1)
                 emb = self.model.encode_location(x, a)
-                out[start:stop] = self.model.zero_shot(emb, self.text).float().cpu().numpy()
+                probs = self.head.probabilities(emb) if self.head is not None else self.model.zero_shot(emb, self.text)
+                out[start:stop] = probs.float().cpu().numpy()
         return out
 
     def predict_tile(

@@ -30,6 +30,12 @@ NODATA_U8 = 255
 
 BLOCK = 512
 
+#: Signed 16-bit products (phenology): nodata value.
+NODATA_I16 = -32768
+
+#: numpy dtype name -> GDAL data type name, for the dtypes products use.
+_GDAL_TYPES = {"uint8": "Byte", "int16": "Int16", "uint16": "UInt16", "int32": "Int32", "float32": "Float32"}
+
 
 def overview_count(width: int, height: int, block: int = BLOCK) -> int:
     """Halve until the coarsest overview fits in one block; at least one level, so every product has overviews."""
@@ -94,12 +100,12 @@ def atomic_path(final: Path):
             tmp.unlink()
 
 
-def write_tile_raster(path: Path, tile: Tile, data: np.ndarray, nodata: int = NODATA_U8) -> Path:
-    """A plain tiled GeoTIFF of one tile's core (bands, H, W) uint8, written atomically."""
+def write_tile_raster(path: Path, tile: Tile, data: np.ndarray, nodata: int | float = NODATA_U8) -> Path:
+    """A plain tiled GeoTIFF of one tile's core (bands, H, W) in ``data``'s dtype, written atomically."""
     from rasterio.transform import from_origin
 
     x0, _, _, y1 = tile.core_bounds
-    profile = dict(driver="GTiff", width=tile.width, height=tile.height, count=data.shape[0], dtype="uint8",
+    profile = dict(driver="GTiff", width=tile.width, height=tile.height, count=data.shape[0], dtype=data.dtype.name,
                    crs=f"EPSG:{tile.epsg}", transform=from_origin(x0, y1, tile.resolution, tile.resolution),
                    nodata=nodata, compress="deflate", tiled=True, blockxsize=256, blockysize=256)
     with atomic_path(path) as tmp:
@@ -109,7 +115,8 @@ def write_tile_raster(path: Path, tile: Tile, data: np.ndarray, nodata: int = NO
 
 
 def _vrt_xml(plan: TilePlan, sources: list[tuple[Tile, Path]], bands: list[dict], tags: dict[str, str],
-             source_band_offset: int = 0) -> str:
+             source_band_offset: int = 0, dtype: str = "uint8", nodata: int | float = NODATA_U8) -> str:
+    gdal_type = _GDAL_TYPES[np.dtype(dtype).name]
     x0, _, _, y1 = plan.bounds
     res = plan.resolution
     parts = [f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">',
@@ -119,16 +126,18 @@ def _vrt_xml(plan: TilePlan, sources: list[tuple[Tile, Path]], bands: list[dict]
         parts.extend(f'<MDI key="{escape(k)}">{escape(str(v))}</MDI>' for k, v in tags.items())
         parts.append("</Metadata>")
     for b, band in enumerate(bands, start=1):
-        parts.append(f'<VRTRasterBand dataType="Byte" band="{b}">')
-        parts.append(f"<NoDataValue>{NODATA_U8}</NoDataValue>")
+        parts.append(f'<VRTRasterBand dataType="{gdal_type}" band="{b}">')
+        parts.append(f"<NoDataValue>{nodata}</NoDataValue>")
         parts.append(f"<Description>{escape(band['description'])}</Description>")
         if "scale" in band:
             parts.append(f"<Offset>{band.get('offset', 0.0)!r}</Offset><Scale>{band['scale']!r}</Scale>")
         if "categories" in band:
-            parts.append("<ColorInterp>Palette</ColorInterp><ColorTable>")
-            for r, g, bl, a in band["colours"]:
-                parts.append(f'<Entry c1="{r}" c2="{g}" c3="{bl}" c4="{a}"/>')
-            parts.append("</ColorTable><CategoryNames>")
+            if band.get("colours"):  # a palette: only for single-band class maps (a GeoTIFF limit)
+                parts.append("<ColorInterp>Palette</ColorInterp><ColorTable>")
+                for r, g, bl, a in band["colours"]:
+                    parts.append(f'<Entry c1="{r}" c2="{g}" c3="{bl}" c4="{a}"/>')
+                parts.append("</ColorTable>")
+            parts.append("<CategoryNames>")
             parts.extend(f"<Category>{escape(c)}</Category>" for c in band["categories"])
             parts.append("</CategoryNames>")
         if band.get("metadata"):
@@ -156,15 +165,19 @@ def write_cog_mosaic(
     tags: dict[str, str] | None = None,
     resampling: str = "NEAREST",
     source_band_offset: int = 0,
+    dtype: str = "uint8",
+    nodata: int | float = NODATA_U8,
 ) -> Path:
     """Mosaic per-tile rasters into one COG on the plan's grid (VRT + GDAL's COG driver), atomically.
 
     ``bands`` holds per output band: ``description``, optional ``scale``/``offset``, ``metadata``, and for a class map
-    ``categories`` + ``colours``. Output band b reads band b + ``source_band_offset`` of each tile raster. Category names are also written to the ``.aux.xml`` sidecar GDAL and QGIS read.
+    ``categories`` + ``colours``. Output band b reads band b + ``source_band_offset`` of each tile raster; all bands
+    share ``dtype`` and ``nodata`` (those of the tile rasters). Category names are also written to the ``.aux.xml``
+    sidecar GDAL and QGIS read.
     """
     final = Path(final)
     vrt = temporary_sibling(final).with_suffix(".vrt")
-    vrt.write_text(_vrt_xml(plan, sources, bands, tags or {}, source_band_offset), encoding="utf-8")
+    vrt.write_text(_vrt_xml(plan, sources, bands, tags or {}, source_band_offset, dtype, nodata), encoding="utf-8")
     has_categories = any("categories" in b for b in bands)
     try:
         with atomic_path(final) as tmp:

@@ -1,0 +1,162 @@
+"""``treemap fewshot``: fit a classification head from labelled points and save it beside the model.
+
+Points (CSV like ``treemap extract`` takes, or GeoJSON Point features whose properties carry ``species`` and
+optionally ``genus``, ``family``, ``level0``, ``year``) are extracted with the same composites ``predict`` makes
+(:func:`treemap.extract.extract_points`, cached and resumable under the cache folder), encoded by the model with
+longitude and latitude as the only auxiliary values (what ``predict`` gives the model), and a head
+(:mod:`treemap.heads`) is fitted on the embeddings. ``treemap predict --head FILE`` then maps the head's species.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from treemap.cache import cache_root, file_sha256
+from treemap.errors import ModelError
+from treemap.extract import ExtractOptions, PointsError, extract_points
+from treemap.heads import HEAD_KINDS, fit_head, save_head
+from treemap.taxonomy import Taxon
+
+log = logging.getLogger("treemap.fewshot")
+
+_PROPERTY_COLUMNS = ("species", "genus", "family", "level0", "level3_species", "level2_genus", "level1_family",
+                     "year", "id")
+
+
+@dataclass(frozen=True)
+class FewShotRequest:
+    points: Path
+    model: str | Path
+    catalog: str = "earth-search"
+    kind: str = "prototype"
+    out: Path | None = None
+    year: int | None = None  # for points without a year
+    taxonomy: Path | None = None  # species-list CSV filling level0/family/genus per species
+    batch_size: int = 1024
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class FewShotResult:
+    head: Path
+    kind: str
+    samples: int
+    species: tuple[str, ...]
+    counts: tuple[int, ...]
+    skipped: int
+    cv_top1: float | None
+    majority_baseline: float  # top-1 of always answering the most frequent species
+
+    def to_json(self) -> dict:
+        return {"head": str(self.head), "kind": self.kind, "samples": self.samples, "species": list(self.species),
+                "counts": list(self.counts), "skipped_points": self.skipped, "cv_top1": self.cv_top1,
+                "majority_baseline": self.majority_baseline}
+
+
+def geojson_to_csv(path: Path, target: Path) -> Path:
+    """Write the Point features of a GeoJSON file as a points CSV (longitude, latitude, properties)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PointsError(f"cannot read points file {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PointsError(f"points file {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    features = doc.get("features") if isinstance(doc, dict) and doc.get("type") == "FeatureCollection" else \
+        [doc] if isinstance(doc, dict) and doc.get("type") == "Feature" else None
+    if features is None:
+        raise PointsError(f"points file {path} is not a GeoJSON Feature or FeatureCollection")
+    rows = []
+    for n, feat in enumerate(features, start=1):
+        geom = (feat or {}).get("geometry") or {}
+        props = (feat or {}).get("properties") or {}
+        coords = [geom.get("coordinates")] if geom.get("type") == "Point" else \
+            geom.get("coordinates") if geom.get("type") == "MultiPoint" else None
+        if not coords:
+            raise PointsError(f"points file {path}: feature {n} is not a Point (few-shot labels are points)")
+        for c in coords:
+            row = {"longitude": c[0], "latitude": c[1]}
+            row.update({k: props[k] for k in _PROPERTY_COLUMNS if props.get(k) not in (None, "")})
+            rows.append(row)
+    columns = ["longitude", "latitude"] + [c for c in _PROPERTY_COLUMNS if any(c in r for r in rows)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def default_head_path(model_ref: str | Path, kind: str) -> Path:
+    """``MODEL.head-KIND.safetensors`` beside the model file."""
+    if str(model_ref) == "demo":
+        raise ModelError("the built-in demo model has no folder of its own: give --out for the head file")
+    p = Path(model_ref)
+    return p.with_name(f"{p.name.rsplit('.', 1)[0]}.head-{kind}.safetensors")
+
+
+def _samples(request: FewShotRequest, points_csv: Path):
+    """Extract (or reuse) the points' samples: images, aux, taxa, skipped count."""
+    from treemap.shards import read_shard
+
+    digest = hashlib.sha256(json.dumps({
+        "points": file_sha256(points_csv), "catalog": str(request.catalog), "year": request.year,
+        "taxonomy": file_sha256(request.taxonomy) if request.taxonomy else None}).encode()).hexdigest()[:16]
+    work = cache_root() / "fewshot" / digest
+    options = ExtractOptions(default_year=request.year, taxonomy=str(request.taxonomy) if request.taxonomy else None)
+    result = extract_points(points_csv, work, request.catalog, options=options)
+    images, aux, taxa = [], [], []
+    for shard in result.shards:
+        for sample in read_shard(shard):
+            images.append(sample.images)
+            a = torch.full((sample.aux_tensor().shape[0],), float("nan"))
+            a[:2] = sample.aux_tensor()[:2]  # longitude, latitude: the auxiliary values predict gives the model
+            aux.append(a)
+            t = sample.text
+            taxa.append(Taxon(t["level0"], t["level1_family"], t["level2_genus"], t["level3_species"]))
+    return images, aux, taxa, result.skipped
+
+
+def fit_from_points(request: FewShotRequest) -> FewShotResult:
+    """Extract, encode, fit and save a head; see the module docstring."""
+    from treemap.infer import InferenceSpec
+    from treemap.run import resolve_model
+
+    if request.kind not in HEAD_KINDS:
+        raise ModelError(f"unknown head kind {request.kind!r}: use {' or '.join(HEAD_KINDS)}")
+    out = Path(request.out) if request.out is not None else default_head_path(request.model, request.kind)
+    if not out.parent.is_dir():
+        raise ModelError(f"folder {out.parent} for the head file does not exist")
+    model, _, model_key = resolve_model(request.model)
+    points = Path(request.points)
+    if not points.is_file():
+        raise PointsError(f"points file {points} does not exist")
+    if points.suffix.lower() in (".geojson", ".json"):
+        text_digest = hashlib.sha256(points.read_bytes()).hexdigest()[:16]
+        points = geojson_to_csv(points, cache_root() / "fewshot" / "points" / f"{text_digest}.csv")
+    images, aux, taxa, skipped = _samples(request, points)
+    if not images:
+        raise PointsError(f"no usable point in {request.points}: see the extraction report for why")
+    device = InferenceSpec(request.batch_size, request.device).resolve_device()
+    model = model.to(device).eval()
+    embeddings = []
+    with torch.inference_mode():
+        for s in range(0, len(images), request.batch_size):
+            x = torch.stack(images[s:s + request.batch_size]).to(device)
+            a = torch.stack(aux[s:s + request.batch_size]).to(device)
+            embeddings.append(model.encode_location(x, a).float().cpu())
+    emb = torch.cat(embeddings)
+    head = fit_head(emb, taxa, request.kind, model_key)
+    save_head(head, out)
+    log.info("%s head over %d species from %d samples; cross-validated top-1 %s", request.kind, len(head.species),
+             len(taxa), "n/a" if head.cv_top1 is None else f"{head.cv_top1:.3f}")
+    majority = float(np.max(head.counts) / np.sum(head.counts))
+    return FewShotResult(out, request.kind, len(taxa), head.species.species, head.counts, skipped, head.cv_top1,
+                         majority)
