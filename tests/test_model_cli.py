@@ -111,3 +111,41 @@ def test_text_features_cached_by_model_and_list(tmp_path):
     files[0].write_bytes(b"garbage")
     fresh = text_features(model, species, model_key="abc" * 10, cache_dir=tmp_path)
     np.testing.assert_allclose(fresh.numpy(), first.numpy(), atol=1e-6)
+
+
+def test_import_derives_statistics_from_shards(official, tmp_path):
+    from treemap.models.config import AUX_VARIABLES
+    from treemap.shards import Sample, write_shard
+
+    rng = np.random.default_rng(0)
+    text = {"level0": "Deciduous Broadleaf", "level1_family": "Fagaceae", "level2_genus": "Fagus",
+            "level3_species": "Fagus sylvatica"}
+    samples = []
+    for i in range(40):
+        images = torch.from_numpy(rng.uniform(0.0, 0.5, (12, 10, 5, 5)).astype(np.float32))
+        images[:, 3] *= 2.0  # B08 (index 3 in model band order) spans a wider range
+        images[i % 12] = float("nan")  # one month missing
+        aux = {"longitude": float(rng.uniform(5, 7)), "latitude": float(rng.uniform(45, 46))}
+        samples.append(Sample(f"s{i}", images, dict(text), aux))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shard(shards / "shard-000000.tar", samples[:20])
+    write_shard(shards / "shard-000001.tar", samples[20:])
+    out = tmp_path / "fixed.safetensors"
+    proc = cli("model", "import", official[0], "--out", out, "--stats-from-shards", shards)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(cli("model", "info", out).stdout)["statistics"]
+    values = torch.stack([s.images for s in samples]).numpy()
+    for band in range(10):
+        v = values[:, :, band][~np.isnan(values[:, :, band])]
+        assert stats["band_min"][band] == pytest.approx(np.quantile(v, 0.001), rel=1e-6)
+        assert stats["band_max"][band] == pytest.approx(np.quantile(v, 0.999), rel=1e-6)
+    assert stats["band_max"][3] > 1.5 * stats["band_max"][2]
+    lons = [s.aux["longitude"] for s in samples]
+    assert stats["aux_min"][0] == pytest.approx(min(lons)) and stats["aux_max"][0] == pytest.approx(max(lons))
+    assert len(stats["aux_min"]) == len(AUX_VARIABLES)
+    assert all(lo < hi for lo, hi in zip(stats["aux_min"], stats["aux_max"]))
+    bad = cli("model", "import", official[0], "--out", tmp_path / "x.safetensors", "--stats-from-shards",
+              tmp_path / "nowhere")
+    assert bad.returncode == 2 and "no shards" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x.safetensors").exists()

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from treemap.models.config import AUX_VARIABLES, BANDS
 from treemap.shards import (TEXT, Record, Sample, ShardError, _split_name, collate, count_samples, decode_record,
-                            iter_records, part_records)
+                            part_records)
 
 log = logging.getLogger("train.data")
 
@@ -189,57 +186,9 @@ def hash_seed(obj) -> int:
 def compute_statistics(shards: Sequence[Path], samples: int, band_quantiles: tuple[float, float],
                        aux_ranges: dict[str, tuple[float, float]] | None = None,
                        species_filter: SpeciesFilter = SpeciesFilter()) -> dict[str, list[float]]:
-    """Fixed-normalisation statistics from up to ``samples`` training samples (an equal share from each shard).
+    """Fixed-normalisation statistics of the training samples (:func:`treemap.models.statistics.shard_statistics`),
+    counting only the species the filter keeps."""
+    from treemap.models.statistics import shard_statistics
 
-    Bands: the ``band_quantiles`` of the present reflectance values per band. Auxiliary variables: min and max of
-    present values, replaced by ``aux_ranges`` where given; a variable with no present value gets
-    ``treemap.models.checkpoint.DEFAULT_AUX_RANGES``.
-    """
-    from treemap.models.checkpoint import DEFAULT_AUX_RANGES
-
-    per_shard = max(1, math.ceil(samples / max(1, len(shards))))
-    bands: list[np.ndarray] = []
-    aux: list[np.ndarray] = []
-    for path in shards:
-        taken = 0
-        for record in iter_records(path):
-            if taken >= per_shard:
-                break
-            if species_filter and not species_filter.keep(record_species(record)):
-                continue
-            try:
-                sample = decode_record(record)
-            except ShardError as exc:
-                log.warning("statistics: skipping %s", exc)
-                continue
-            x = sample.images.numpy()  # (12, 10, H, W)
-            bands.append(x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1))
-            aux.append(sample.aux_tensor().numpy())
-            taken += 1
-    if not bands:
-        raise ShardError("no readable samples to compute normalisation statistics from")
-    values = np.concatenate(bands, axis=1)  # (10, N)
-    lo, hi = [], []
-    for band in range(values.shape[0]):
-        v = values[band][~np.isnan(values[band])]
-        if v.size == 0:
-            lo.append(0.0)
-            hi.append(1.0)
-            continue
-        q = np.quantile(v.astype(np.float64), band_quantiles)
-        lo.append(float(q[0]))
-        hi.append(float(max(q[1], q[0] + 1e-6)))
-    a = np.stack(aux)  # (N, 27)
-    aux_min, aux_max = [], []
-    ranges = dict(aux_ranges or {})
-    for j, name in enumerate(AUX_VARIABLES):
-        if name in ranges:
-            r = ranges[name]
-        else:
-            col = a[:, j][~np.isnan(a[:, j])]
-            r = (float(col.min()), float(col.max())) if col.size else DEFAULT_AUX_RANGES[name]
-        aux_min.append(float(r[0]))
-        aux_max.append(float(r[1]))
-    log.info("normalisation statistics from %d samples: bands %s", len(bands),
-             ", ".join(f"{b} {l:.3f}..{h:.3f}" for b, l, h in zip(BANDS, lo, hi)))
-    return {"band_min": lo, "band_max": hi, "aux_min": aux_min, "aux_max": aux_max}
+    keep = (lambda record: species_filter.keep(record_species(record))) if species_filter else None
+    return shard_statistics(shards, samples, band_quantiles, aux_ranges, keep)

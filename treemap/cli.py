@@ -281,13 +281,30 @@ def model():
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Target .safetensors file.")
 @click.option("--stats", type=click.Path(path_type=Path),
               help="JSON with band_min/band_max/aux_min/aux_max: switch to fixed (batch-independent) normalisation.")
+@click.option("--stats-from-shards", "stats_shards", type=click.Path(path_type=Path),
+              help="A folder (or file) of training shards: derive the fixed statistics from them (band values "
+                   "at the 0.1 and 99.9 percentiles, auxiliary min/max).")
+@click.option("--stats-samples", default=20000, show_default=True, type=click.IntRange(1),
+              help="Samples read for --stats-from-shards.")
 @click.option("--species-list", "species_lists", multiple=True, help="Name of a species list the model was "
               "evaluated on (repeatable), recorded in the card.")
-def model_import(source, out, stats, species_lists):
+def model_import(source, out, stats, stats_shards, stats_samples, species_lists):
     """Import an official GeoTreeCLIP .pth (weights-only load) as a treemap .safetensors model + card."""
     from treemap.models.importer import import_checkpoint, read_statistics
 
-    card = import_checkpoint(source, out, read_statistics(stats) if stats else None, tuple(species_lists))
+    if stats and stats_shards:
+        raise click.UsageError("give --stats or --stats-from-shards, not both")
+    statistics = read_statistics(stats) if stats else None
+    if stats_shards:
+        from treemap.errors import ModelError
+        from treemap.models.statistics import shard_statistics
+        from treemap.shards import ShardError, list_shards
+
+        try:
+            statistics = shard_statistics(list_shards(stats_shards), stats_samples)
+        except ShardError as exc:
+            raise ModelError(f"--stats-from-shards {stats_shards}: {exc}") from None
+    card = import_checkpoint(source, out, statistics, tuple(species_lists))
     log.info("imported %s (%s normalisation, source sha256 %s)", source, card.normalisation, card.source_sha256)
     click.echo(str(out))
 
