@@ -78,9 +78,12 @@ class Params:
     min_amplitude: float = 0.05
     relative_amplitude: float = 0.35
     step: float = 5.0
-    smoothing: float = 12.0
+    smoothing: float = 6.0
     robust_iterations: int = 1
-    base_fraction: float = 0.1
+    reject_below: float = 4.0
+    reject_above: float = 6.0
+    base_fraction: float = 0.2
+    peak_fraction: float = 0.15
     min_floor_days: float = 30.0
     max_gap: float = 45.0
     margin: float = 183.0
@@ -93,8 +96,8 @@ class Params:
             raise ValueError("step and smoothing must be positive")
         if self.robust_iterations < 0:
             raise ValueError("robust_iterations must be >= 0")
-        if not 0.0 <= self.base_fraction < 0.15:
-            raise ValueError("base_fraction must be in [0, 0.15)")
+        if not 0.0 <= self.base_fraction < 0.5 or not 0.0 <= self.peak_fraction < 0.5:
+            raise ValueError("base_fraction and peak_fraction must be in [0, 0.5)")
         if not 0.0 < self.relative_amplitude <= 1.0:
             raise ValueError("relative_amplitude must be in (0, 1]")
         if self.min_amplitude <= 0:
@@ -108,6 +111,7 @@ class Grid:
     obs_idx: np.ndarray  # (To,) int64: rows of the input inside the window, in time order
     obs_k: np.ndarray  # (To,) int64: node at or before each observation
     obs_u: np.ndarray  # (To,) float64: fraction of a step past that node
+    obs_day: np.ndarray  # (To,) float64: whole days after node 0 (the first date in the window)
     obs_in_year: np.ndarray  # (To,) bool
     p0: np.ndarray  # (K,) penalty bands (diagonal, first and second off-diagonals)
     p1: np.ndarray
@@ -168,8 +172,8 @@ def make_grid(days: np.ndarray, year: int, params: Params) -> Grid | None:
     lam = (params.smoothing / params.step) ** 4
     p0, p1, p2 = penalty_bands(n_nodes, lam)
     in_year = (days[idx] >= y0) & (days[idx] < y1)
-    return Grid(obs_idx=idx.astype(np.int64), obs_k=k, obs_u=u, obs_in_year=in_year, p0=p0, p1=p1, p2=p2,
-                year_lo=(y0 - t0) / params.step, year_hi=(y1 - t0) / params.step, doy_a=t0 - y0 + 1.0,
+    return Grid(obs_idx=idx.astype(np.int64), obs_k=k, obs_u=u, obs_day=t - t0, obs_in_year=in_year, p0=p0, p1=p1,
+                p2=p2, year_lo=(y0 - t0) / params.step, year_hi=(y1 - t0) / params.step, doy_a=t0 - y0 + 1.0,
                 n_nodes=n_nodes)
 
 

@@ -45,6 +45,30 @@ COMPOSITE_HALF_WIDTH = 15.0
 _CHUNK = 1 << 18  # pixels per call of the phenology kernel: bounds the (T, pixels) index array
 
 
+def vegetation_index(refl: np.ndarray, index: str = "evi") -> tuple[np.ndarray, np.ndarray]:
+    """The index of a reflectance block (T, 10, ...) in :data:`BAND_ORDER`: values (T, ...) float32 and the clear
+    mask (T, ...) bool (every band finite: the cube's NaN marks cloud, shadow and nodata)."""
+    refl = np.asarray(refl)
+    if refl.ndim < 2 or refl.shape[1] != len(BAND_ORDER):
+        raise ValueError(f"reflectance must be (T, {len(BAND_ORDER)}, ...), got {refl.shape}")
+    if index == "evi":
+        vi = evi(refl[:, _BLUE], refl[:, _RED], refl[:, _NIR])
+    elif index == "ndvi":
+        vi = ndvi(refl[:, _RED], refl[:, _NIR])
+    else:
+        raise ValueError(f"unknown index {index!r} (evi, ndvi)")
+    return vi, np.isfinite(refl).all(axis=1)
+
+
+def metric_stack(result: PhenologyResult, shape: tuple[int, int]) -> np.ndarray:
+    """(len(METRIC_NAMES), H, W) float32 of a flat (row-major) result."""
+    h, w = shape
+    data = np.empty((len(METRIC_NAMES), h, w), dtype=np.float32)
+    for i, name in enumerate(METRIC_NAMES):
+        data[i] = getattr(result, name).reshape(h, w)
+    return data
+
+
 @dataclass(frozen=True)
 class TilePhenology:
     data: np.ndarray  # (len(METRIC_NAMES), H, W) float32, NaN where undefined
@@ -77,27 +101,17 @@ def tile_phenology(dates, refl: np.ndarray, year: int, *, index: str = "evi", **
     if index not in ("evi", "ndvi"):
         raise ValueError(f"unknown index {index!r} (evi, ndvi)")
     t, _, h, w = refl.shape
-    n = h * w
     rows = max(1, _CHUNK // max(w, 1))
     parts = []
     for r0 in range(0, h, rows):
-        sub = refl[:, :, r0:r0 + rows]
-        m = sub.shape[2] * w
-        if index == "evi":
-            vi = evi(sub[:, _BLUE], sub[:, _RED], sub[:, _NIR])
-        else:
-            vi = ndvi(sub[:, _RED], sub[:, _NIR])
-        vi = vi.reshape(t, m)
-        clear = np.isfinite(sub).all(axis=1).reshape(t, m)
-        parts.append(phenology_metrics(dates, vi, clear, year, **kwargs))
+        vi, clear = vegetation_index(refl[:, :, r0:r0 + rows], index)
+        parts.append(phenology_metrics(dates, vi.reshape(t, -1), clear.reshape(t, -1), year, **kwargs))
     if parts:
         res = PhenologyResult(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in parts[0].as_dict()},
                               year=int(year))
     else:
         res = phenology_metrics(dates, np.empty((t, 0), np.float32), np.empty((t, 0), bool), year, **kwargs)
-    data = np.empty((len(METRIC_NAMES), h, w), dtype=np.float32)
-    for i, name in enumerate(METRIC_NAMES):
-        data[i] = getattr(res, name).reshape(h, w)
+    data = metric_stack(res, (h, w))
     return TilePhenology(data=data, names=METRIC_NAMES, descriptions=METRIC_DESCRIPTIONS, result=res, shape=(h, w))
 
 
@@ -107,7 +121,8 @@ def seasonal_composites(dates, refl: np.ndarray, result, *, half_width: float = 
     For each pixel and season (:data:`treemap.phenology.SEASONS`, intervals from :func:`seasonal_windows`), the
     per-band median (the mean of the two middle values for an even count) of the clear observations (all bands
     finite) dated within ``half_width`` days of the season's middle and inside the season. NaN where there is no
-    such observation or the season is undefined.
+    such observation or the season is undefined. (:class:`SeasonalCompositor` does the same over a series read in
+    blocks.)
 
     Args:
         dates: (T,) acquisition dates of ``refl``.
@@ -115,37 +130,76 @@ def seasonal_composites(dates, refl: np.ndarray, result, *, half_width: float = 
         result: the :class:`PhenologyResult` of the same pixels (N = H * W, row-major) or a :class:`TilePhenology`.
         half_width: days either side of the season's middle (default :data:`COMPOSITE_HALF_WIDTH`).
     """
-    if isinstance(result, TilePhenology):
-        result = result.result
     refl = np.asarray(refl, dtype=np.float32)
     if refl.ndim != 4:
         raise ValueError(f"reflectance must be (T, B, H, W), got {refl.shape}")
     t, nb, h, w = refl.shape
-    if len(result) != h * w:
-        raise ValueError(f"result has {len(result)} pixels, the cube {h * w}")
-    doy = (to_days(dates) - jan1(result.year) + 1).astype(np.float64)
-    if doy.shape != (t,):
-        raise ValueError("dates must be (T,) matching the cube")
-    win = seasonal_windows(result).reshape(4, 2, h, w).astype(np.float64)
-    mid = 0.5 * (win[:, 0] + win[:, 1])
-    lo = np.maximum(win[:, 0], mid - half_width)
-    hi = np.minimum(win[:, 1], mid + half_width)
-    order = np.argsort(doy, kind="stable")
-    srt = doy[order]
-    # most dates any window can hold: dates within 2 * half_width + 1 days of each other
-    cap = int(np.max(np.searchsorted(srt, srt + 2 * half_width, side="right") - np.arange(t))) if t else 0
-    out = np.full((4, nb, h, w), np.nan, dtype=np.float32)
-    if t and cap:
-        _composite_kernel(refl, doy, lo, hi, max(cap, 1), out)
-    return out
+    comp = SeasonalCompositor(dates, result, (h, w), nb, half_width=half_width)
+    comp.add(dates, refl)
+    return comp.result()
+
+
+class SeasonalCompositor:
+    """Seasonal median composites over a time series that arrives in blocks (bounded memory).
+
+    Holds, per pixel and season, up to ``capacity`` clear observations (the most dates any window can hold), so
+    memory is 4 x bands x H x W x capacity float32 whatever the length of the series.
+
+    Args:
+        all_dates: every acquisition date the blocks will bring (sets the capacity).
+        result: the :class:`PhenologyResult` of the H x W pixels (row-major) or a :class:`TilePhenology`.
+        shape: (H, W).
+        bands: number of bands of the blocks.
+        half_width: days either side of a season's middle.
+    """
+
+    def __init__(self, all_dates, result, shape: tuple[int, int], bands: int, *,
+                 half_width: float = COMPOSITE_HALF_WIDTH):
+        if isinstance(result, TilePhenology):
+            result = result.result
+        h, w = shape
+        if len(result) != h * w:
+            raise ValueError(f"result has {len(result)} pixels, the cube {h * w}")
+        self.year = int(result.year)
+        self.shape = (h, w)
+        self.bands = int(bands)
+        doy = np.sort(self._doy(all_dates))
+        n = doy.shape[0]
+        # most dates any window can hold: dates within 2 * half_width days of each other
+        self.capacity = max(1, int(np.max(np.searchsorted(doy, doy + 2 * half_width, side="right")
+                                          - np.arange(n)))) if n else 1
+        win = seasonal_windows(result).reshape(4, 2, h, w).astype(np.float64)
+        mid = 0.5 * (win[:, 0] + win[:, 1])
+        self._lo = np.maximum(win[:, 0], mid - half_width)
+        self._hi = np.minimum(win[:, 1], mid + half_width)
+        self._buf = np.empty((4, self.bands, h, w, self.capacity), dtype=np.float32)
+        self._count = np.zeros((4, h, w), dtype=np.int64)
+
+    def _doy(self, dates) -> np.ndarray:
+        return (to_days(dates) - jan1(self.year) + 1).astype(np.float64)
+
+    def add(self, dates, refl: np.ndarray) -> None:
+        """A block of the series: ``dates`` (T,), ``refl`` (T, bands, H, W) float32, NaN where not clear."""
+        refl = np.ascontiguousarray(refl, dtype=np.float32)
+        doy = self._doy(dates)
+        if refl.ndim != 4 or refl.shape[1:] != (self.bands, *self.shape) or doy.shape != (refl.shape[0],):
+            raise ValueError(f"block must be (T, {self.bands}, {self.shape[0]}, {self.shape[1]}) with T dates, "
+                             f"got {refl.shape} and {doy.shape[0]} dates")
+        if refl.shape[0]:
+            _accumulate(refl, doy, self._lo, self._hi, self._buf, self._count)
+
+    def result(self) -> np.ndarray:
+        """(4, bands, H, W) float32 medians, NaN where a season got no clear observation."""
+        out = np.full((4, self.bands, *self.shape), np.nan, dtype=np.float32)
+        _medians(self._buf, self._count, out)
+        return out
 
 
 @njit(parallel=True, cache=True)
-def _composite_kernel(refl, doy, lo, hi, cap, out):  # pragma: no cover - compiled
+def _accumulate(refl, doy, lo, hi, buf, cnt):  # pragma: no cover - compiled
     t, nb, h, w = refl.shape
+    cap = buf.shape[4]
     for y in prange(h):
-        buf = np.empty((4, nb, w, cap), dtype=np.float32)
-        cnt = np.zeros((4, w), dtype=np.int64)
         for i in range(t):
             d = doy[i]
             for x in range(w):
@@ -157,16 +211,22 @@ def _composite_kernel(refl, doy, lo, hi, cap, out):  # pragma: no cover - compil
                 if not ok:
                     continue
                 for s in range(4):
-                    if d >= lo[s, y, x] and d <= hi[s, y, x] and cnt[s, x] < cap:
-                        c = cnt[s, x]
+                    if d >= lo[s, y, x] and d <= hi[s, y, x] and cnt[s, y, x] < cap:
+                        c = cnt[s, y, x]
                         for b in range(nb):
-                            buf[s, b, x, c] = refl[i, b, y, x]
-                        cnt[s, x] = c + 1
+                            buf[s, b, y, x, c] = refl[i, b, y, x]
+                        cnt[s, y, x] = c + 1
+
+
+@njit(parallel=True, cache=True)
+def _medians(buf, cnt, out):  # pragma: no cover - compiled
+    _, nb, h, w, _ = buf.shape
+    for y in prange(h):
         for s in range(4):
             for x in range(w):
-                c = cnt[s, x]
+                c = cnt[s, y, x]
                 if c == 0:
                     continue
                 for b in range(nb):
-                    v = np.sort(buf[s, b, x, :c])
+                    v = np.sort(buf[s, b, y, x, :c])
                     out[s, b, y, x] = 0.5 * (v[(c - 1) // 2] + v[c // 2])
