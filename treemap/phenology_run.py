@@ -124,13 +124,17 @@ def _fingerprint(request: PhenologyRequest, aoi, plan: TilePlan, scenes) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def core_index(tile: Tile) -> tuple[slice, ...]:
+    """Index of a tile's core pixels in a (T, bands, H, W) block of its halo-padded read grid."""
+    return (slice(None), slice(None), slice(tile.halo, tile.halo + tile.height),
+            slice(tile.halo, tile.halo + tile.width))
+
+
 def tile_series(cube: TileCube, index: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The core pixels' index series of a tile: dates (T,) datetime64[D], values and clear mask (T, H * W)."""
     from treemap.phenology.tile import vegetation_index
 
-    tile = cube.tile
-    core = (slice(None), slice(None), slice(tile.halo, tile.halo + tile.height),
-            slice(tile.halo, tile.halo + tile.width))
+    core = core_index(cube.tile)
     dates, values, clear = [], [], []
     for groups, refl in acquisition_blocks(cube):
         vi, ok = vegetation_index(refl[core], index)
@@ -163,8 +167,7 @@ def process_tile(tile: Tile, scenes, local_aoi, request: PhenologyRequest, work:
     data = encode_metrics(metric_stack(result, (tile.height, tile.width)), METRIC_NAMES)
     data[:, ~inside.reshape(tile.height, tile.width)] = NODATA_I16
     if request.seasonal:
-        core = (slice(None), slice(None), slice(tile.halo, tile.halo + tile.height),
-                slice(tile.halo, tile.halo + tile.width))
+        core = core_index(tile)
         comp = SeasonalCompositor(dates, result, (tile.height, tile.width), 10)
         for groups, refl in acquisition_blocks(cube):
             comp.add([g.key[1] for g in groups], refl[core])
