@@ -95,6 +95,15 @@ def _load_recipe(ctx, param, value):
     return value
 
 
+def _print_products(result, as_json: bool) -> None:
+    """A run's summary as JSON, or its product paths one per line (stdout)."""
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        for path in result.products.values():
+            click.echo(str(path))
+
+
 @cli.command()
 @click.option("--recipe", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
               callback=_load_recipe, help="YAML file of option defaults (see recipes/).")
@@ -131,11 +140,7 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
         model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work, head=head,
         top_k=top_k))
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    else:
-        for path in result.products.values():
-            click.echo(str(path))
+    _print_products(result, as_json)
 
 
 @cli.command()
@@ -169,11 +174,7 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
     result = run_phenology(PhenologyRequest(
         aoi=aoi, out=out, year=year, catalog=catalog, index=index, margin_days=margin_days, max_cloud=max_cloud,
         tile_size=tile_size, min_observations=min_observations, seasonal=seasonal, keep_work=keep_work))
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    else:
-        for path in result.products.values():
-            click.echo(str(path))
+    _print_products(result, as_json)
 
 
 @cli.command()
