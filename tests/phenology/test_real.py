@@ -69,6 +69,18 @@ def test_pixels_of_one_field_agree(result, fields):
     assert np.all(medians["maize"] - medians["winter_cereal"] > 30)
 
 
+def test_greenup_agrees_within_a_field(result, fields):
+    # maize and the autumn-sown crop green up in one rise from bare soil, so their pixels agree on the day; the
+    # winter cereal is left out: green over winter, its 15 % crossing falls in autumn or in spring by pixel
+    spread, median = {}, {}
+    for field in ("maize", "autumn_sown"):
+        greenup = result.greenup[fields[5] == field]
+        spread[field] = np.percentile(greenup, 90) - np.percentile(greenup, 10)
+        median[field] = np.median(greenup)
+        assert spread[field] <= 8.0, (field, np.round(greenup, 1))
+    assert median["maize"] - median["autumn_sown"] > 20 * max(spread.values())
+
+
 PINNED = {  # median day of year per field, measured with the defaults (behaviour pin: +-5 days)
     "maize": {"greenup": 152.1, "peak": 197.3, "dormancy": 261.1},
     "winter_cereal": {"maturity": 106.5, "peak": 117.4, "dormancy": 202.4},

@@ -51,7 +51,7 @@ class PhenologyResult:
     peak_value: np.ndarray  #: smoothed index at the peak
     amplitude: np.ndarray  #: peak_value - minimum
     season_length: np.ndarray  #: dormancy - greenup, days
-    next_greenup: np.ndarray  #: greenup of the following cycle when the series holds one, else NaN
+    next_greenup: np.ndarray  #: greenup of the following cycle when the series holds its green-up side, else NaN
     n_clear: np.ndarray  #: int32: clear, valid observations dated in the year
     qa: np.ndarray  #: uint8: see :data:`QA_CODES`
     n_cycles: np.ndarray  #: uint8: cycles whose peak falls in the year (the largest one is reported)

@@ -4,15 +4,22 @@ Pixels go through in blocks of ``lanes`` (:data:`LANES`). Gathering the observat
 banded LDL' factorisation and solve) and the robust step run with the pixel as the innermost loop: each time step is
 a short vector operation over the block. The banded solve is a recurrence in time, so working on many independent
 pixels at once is what lets LLVM use SIMD and hides the latency of the division. ``lanes`` is passed at run time on
-purpose: loops with a compile-time trip count get unrolled into scalar code instead of vectorised. The block's work
-arrays (three of observations x lanes, three of nodes x lanes, float32) are allocated once per chunk of blocks and
-sized to stay in a core's L2 cache.
+purpose: loops with a compile-time trip count get unrolled into scalar code instead of vectorised. A block's work
+arrays (float32, observations x lanes and nodes x lanes) are allocated once per chunk of blocks; the input rows of a
+block lie far apart in memory and are prefetched a few rows ahead of the gather.
 
 The cycle analysis (zig-zag extremes, levels, threshold crossings) is branchy and runs per pixel on a contiguous
-float64 copy of its curve; :data:`TILE` curves at a time are transposed out of the block. Its hot loops are written
-to avoid data-dependent branches (the zig-zag tracks its running extreme with selects and leaves its loop only on a
-confirmed swing). The gap test of QA 4 reads the previous / next clear observation of each lane from two arrays
-made once per block with vector passes.
+float64 copy of its curve; :data:`TILE` curves at a time are transposed out of the block, their smallest and largest
+values come from one vector pass over the block. The zig-zag tracks its running extreme four nodes at a time while
+none of them can confirm a swing. The gap test of QA 4 uses the longest gap of each lane and, only where that or a
+date outside the clear observations could fail it, bit masks of the lane's clear observations.
+
+What the speed rests on (each measured): the kernels that allocate nothing are compiled without reference counting
+(numba's ``_nrt=False``: the counts are atomic operations, costly in per-pixel helpers and contended between threads
+on shared arrays); per-pixel loops run over slices from index 0 (numba guards every possibly negative index, which
+costs more than the loop body and blocks vectorisation); no loop updates an array element in place under a condition
+(``a[j] = x if c else a[j]``, also hidden in ``min``/``max``: LLVM makes that a masked store, very slow on AMD cores;
+running values alternate between two rows instead); the masked sums use fastmath so that they vectorise.
 
 Blocks are spread over threads with ``prange``, in chunks of consecutive blocks.
 
@@ -27,6 +34,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 from numba.extending import intrinsic
 
 #: pixels per block (see the module docstring); 128 keeps a block's work arrays in L2
@@ -37,7 +45,7 @@ SUB_LANES = 8
 TILE = 16
 #: a cycle still rising when the series ends counts as the next cycle (for ``next_greenup``) once its top, the
 #: values within ``peak_fraction`` of its rise below the last one, spans this many days
-MIN_TOP_DAYS = 15.0
+MIN_TOP_DAYS = 10.0
 
 # rows of the float output
 GREENUP, MIDGREENUP, MATURITY, PEAK, SENESCENCE, MIDGREENDOWN, DORMANCY = range(7)
@@ -64,11 +72,23 @@ _FAR = np.float32(FAR)
 #: rows of the input prefetched ahead of the gather (the rows of a block are far apart in memory)
 PREFETCH_ROWS = 8
 
+
+
+def _no_refcount_option() -> dict:
+    """``{"_nrt": False}`` where this numba has the option (an underscored one, so a later release may drop or
+    rename it: the kernels then compile with reference counting, correct and somewhat slower)."""
+    try:
+        from numba.core.options import DefaultOptions
+    except ImportError:  # pragma: no cover - depends on the numba release
+        return {}
+    return {"_nrt": False} if hasattr(DefaultOptions, "_nrt") else {}
+
+
 #: options of the kernels that allocate nothing: no reference counting of the arrays they slice (numba's ``_nrt``
 #: option; the counting is atomic, costly in per-pixel helpers, and makes threads contend for shared arrays)
-_KERNEL = dict(cache=True, error_model="numpy", _nrt=False)
+_KERNEL = dict(cache=True, error_model="numpy", **_no_refcount_option())
 #: options of the masked sums: fastmath lets them vectorise (the values are finite)
-_REDUCTION = dict(cache=True, error_model="numpy", _nrt=False, fastmath=True)
+_REDUCTION = dict(_KERNEL, fastmath=True)
 
 
 # --------------------------------------------------------------------------------------------- block kernels
@@ -304,39 +324,102 @@ def _reject(y, w0, wcur, wnew, obs_k, obs_u, obs_v, z, sabs, cnt, chg, lo_mult, 
 
 
 @njit(**_KERNEL)
-def _clear_neighbours(w0, obs_day, pc, nc, nl):  # pragma: no cover - compiled
-    """For the gap test: ``pc[o]`` the day of the last clear observation at or before observation ``o``
-    (-:data:`FAR` if none), ``nc[o]`` the day of the first clear one at or after it (:data:`FAR` if none).
-
-    Each row is made from the neighbouring row rather than from a running value: ``run[j] = run[j] if ... `` would
-    be turned into a masked store, which is very slow on some x86 cores."""
+def _clear_bits(w0, bits, tmp, nl):  # pragma: no cover - compiled
+    """The clear observations of each lane as bits: bit b of ``bits[i, j]`` is set when observation 64 i + b of lane
+    j is clear (for the gap test and the first / last clear observation). The words are built in ``tmp`` (2, lanes)
+    with the two rows alternating: updating one row in place would be made into a masked store (very slow on some
+    x86 cores)."""
     n_obs = w0.shape[0]
-    d = obs_day[0]
-    wo = w0[0]
-    po = pc[0]
-    for j in range(nl):
-        po[j] = d if wo[j] > _ZERO else -_FAR
-    for o in range(1, n_obs):
-        d = obs_day[o]
-        wo = w0[o]
-        po = pc[o]
-        pp = pc[o - 1]
+    one = np.int64(1)
+    nil = np.int64(0)
+    for i in range(bits.shape[0]):
+        o0 = 64 * i
+        o1 = min(n_obs, o0 + 64)
+        t0 = tmp[0]
         for j in range(nl):
-            p = pp[j]
-            po[j] = d if wo[j] > _ZERO else p
-    d = obs_day[n_obs - 1]
-    wo = w0[n_obs - 1]
-    no = nc[n_obs - 1]
-    for j in range(nl):
-        no[j] = d if wo[j] > _ZERO else _FAR
-    for o in range(n_obs - 2, -1, -1):
-        d = obs_day[o]
-        wo = w0[o]
-        no = nc[o]
-        nn = nc[o + 1]
+            t0[j] = nil
+        for o in range(o0, o1):
+            src = (o - o0) & 1
+            a = tmp[src]
+            b = tmp[1 - src]
+            bit = one << np.int64(o - o0)
+            wo = w0[o]
+            for j in range(nl):
+                b[j] = a[j] | (bit if wo[j] > _ZERO else nil)
+        t = tmp[(o1 - o0) & 1]
+        bi = bits[i]
         for j in range(nl):
-            p = nn[j]
-            no[j] = d if wo[j] > _ZERO else p
+            bi[j] = t[j]
+
+
+@njit(**_KERNEL)
+def _longest_gap(w0, obs_day, last, gmax, nl):  # pragma: no cover - compiled
+    """The longest gap (days) between consecutive clear observations of each lane, left in ``gmax[0]``; ``last``
+    and ``gmax`` (2, lanes) alternate rows like the words of :func:`_clear_bits`."""
+    n_obs = w0.shape[0]
+    for j in range(nl):
+        last[0, j] = _FAR  # no clear observation yet: the first one opens no gap
+        gmax[0, j] = _ZERO
+    for o in range(n_obs + (n_obs & 1)):  # an even count, so that the result ends in row 0
+        src = o & 1
+        la = last[src]
+        ga = gmax[src]
+        lb = last[1 - src]
+        gb = gmax[1 - src]
+        if o < n_obs:
+            d = obs_day[o]
+            wo = w0[o]
+            for j in range(nl):
+                c = wo[j] > _ZERO
+                prev = la[j]
+                lb[j] = d if c else prev
+                gb[j] = max(ga[j], d - prev if c else _ZERO)
+        else:
+            for j in range(nl):
+                lb[j] = la[j]
+                gb[j] = ga[j]
+
+
+@njit(**_KERNEL)
+def _first_clear(bits, j):  # pragma: no cover - compiled
+    """The first clear observation of lane ``j`` (-1 if none)."""
+    for i in range(bits.shape[0]):
+        m = bits[i, j]
+        if m != 0:
+            return 64 * i + trailing_zeros(m)
+    return -1
+
+
+@njit(**_KERNEL)
+def _last_clear(bits, j, o):  # pragma: no cover - compiled
+    """The last clear observation of lane ``j`` at or before observation ``o`` (-1 if none)."""
+    i = o >> 6
+    b = o & 63
+    full = np.int64(-1)
+    m = bits[i, j] & (full if b == 63 else (np.int64(1) << np.int64(b + 1)) - 1)
+    while True:
+        if m != 0:
+            return 64 * i + 63 - leading_zeros(m)
+        i -= 1
+        if i < 0:
+            return -1
+        m = bits[i, j]
+
+
+@njit(**_KERNEL)
+def _next_clear(bits, j, o):  # pragma: no cover - compiled
+    """The first clear observation of lane ``j`` at or after observation ``o`` (-1 if none)."""
+    i = o >> 6
+    if i >= bits.shape[0]:
+        return -1
+    m = bits[i, j] & ~((np.int64(1) << np.int64(o & 63)) - 1)
+    while True:
+        if m != 0:
+            return 64 * i + trailing_zeros(m)
+        i += 1
+        if i >= bits.shape[0]:
+            return -1
+        m = bits[i, j]
 
 
 # ----------------------------------------------------------------------------------------- per-pixel analysis
@@ -347,22 +430,28 @@ def _clear_neighbours(w0, obs_day, pc, nc, nl):  # pragma: no cover - compiled
 
 @njit(**_KERNEL)
 def _block_minmax(g, kfs, kls, mn, mx, nl):  # pragma: no cover - compiled
-    """Smallest and largest smoothed value of each lane on its nodes [kf, kl] (a vector pass over the block)."""
+    """Smallest and largest smoothed value of each lane on its nodes [kf, kl] (a vector pass over the block).
+    ``mn``/``mx`` (2, lanes): the running values alternate between the two rows, since a read-modify-write of one
+    row would be made into a masked store (very slow on some x86 cores); the result is left in row 0."""
     big = np.float32(np.inf)
+    off = np.float32(1e30)
     for j in range(nl):
-        mn[j] = big
-        mx[j] = -big
-    for k in range(g.shape[0]):
-        gk = g[k]
+        mn[0, j] = big
+        mx[0, j] = -big
+    n_nodes = g.shape[0]
+    for k in range(n_nodes + (n_nodes & 1)):  # an even count, so that the result ends in row 0
+        gk = g[min(k, n_nodes - 1)]
+        src = k & 1
+        a0 = mn[src]
+        b0 = mx[src]
+        a1 = mn[1 - src]
+        b1 = mx[1 - src]
         for j in range(nl):
+            # pushed far out of range outside [kf, kl]
+            pen = _ZERO if (k >= kfs[j]) & (k <= kls[j]) else off
             x = gk[j]
-            inside = (k >= kfs[j]) & (k <= kls[j])
-            a = mn[j]
-            b = mx[j]
-            lo = x if inside else big
-            hi = x if inside else -big
-            mn[j] = min(a, lo)
-            mx[j] = max(b, hi)
+            a1[j] = min(a0[j], x + pen)
+            b1[j] = max(b0[j], x - pen)
 
 
 @njit(**_KERNEL)
@@ -500,17 +589,20 @@ def _fall(z, p, k0, thr, xpk):  # pragma: no cover - compiled
 
 
 @njit(**_KERNEL)
-def _gap_at(pc, nc, day_obs, j, xd):  # pragma: no cover - compiled
+def _gap_at(bits, obs_day, day_obs, j, xd):  # pragma: no cover - compiled
     """Days between the clear observations of lane ``j`` on either side of day ``xd`` (days after node 0): the
-    first observation at or after ``xd`` is ``day_obs[ceil(xd)]`` (observation days are whole)."""
-    n_obs = pc.shape[0]
+    first observation at or after ``xd`` is ``day_obs[ceil(xd)]`` (observation days are whole), the clear ones
+    around it come from the lane's bits."""
+    n_obs = obs_day.shape[0]
     top = day_obs.shape[0] - 1
     xd = min(max(xd, 0.0), float(top))
     c = int(xd)
     c += 1 if c < xd else 0  # ceil
     o = day_obs[c]
-    left = pc[o - 1, j] if o > 0 else -_FAR
-    right = nc[o, j] if o < n_obs else _FAR
+    q = _last_clear(bits, j, o - 1) if o > 0 else -1
+    left = obs_day[q] if q >= 0 else -_FAR
+    q = _next_clear(bits, j, o) if o < n_obs else -1
+    right = obs_day[q] if q >= 0 else _FAR
     return right - left
 
 
@@ -684,11 +776,13 @@ def _zigzag(z, kf, kl, hyst, peak_frac, min_top, ext):  # pragma: no cover - com
 
 
 @njit(**_KERNEL)
-def _analyse(z, kf, kl, zmin, zmax, pc, nc, day_obs, lane, ext, year_lo, year_hi, min_amp, rel_amp, base_frac,
-             peak_frac, min_floor, min_top, max_gap, doy_a, step, out):  # pragma: no cover - compiled
+def _analyse(z, kf, kl, zmin, zmax, bits, obs_day, day_obs, lane, gap_max, day_first, day_last, ext, year_lo,
+             year_hi, min_amp, rel_amp, base_frac, peak_frac, min_floor, min_top, max_gap, doy_a, step,
+             out):  # pragma: no cover - compiled
     """Cycle detection and MCD12Q2 metrics of one smoothed curve ``z`` on nodes [kf, kl] (its smallest and largest
     value there ``zmin``, ``zmax``); fills ``out`` (N_FLOAT,) and returns (qa, number of cycles peaking in the
-    year)."""
+    year). The lane's clear observations: ``bits`` (see :func:`_clear_bits`), the longest gap between them
+    ``gap_max`` and the days of the first and last one."""
     for r in range(N_FLOAT):
         out[r] = np.nan
     rng = zmax - zmin
@@ -801,10 +895,17 @@ def _analyse(z, kf, kl, zmin, zmax, pc, nc, day_obs, lane, ext, year_lo, year_hi
         x, _k = _rise(z, _last_below(z, tl2, p2, bl2), p2, bl2 + F15 * (top2 - bl2), xpk2)
         out[NEXT_GREENUP] = doy_a + step * x
     if qa == QA_GOOD:
+        # the exact test only where it can fail: a gap longer than max_gap somewhere, or a date outside the clear
+        # observations (the gap around a date inside them is one between consecutive clear observations)
+        inside = gap_max <= max_gap
         for i in range(7):
-            if _gap_at(pc, nc, day_obs, lane, out[i] - doy_a) > max_gap:
-                qa = QA_GAP
-                break
+            xd = out[i] - doy_a
+            inside &= (xd > day_first) & (xd <= day_last)
+        if not inside:
+            for i in range(7):
+                if _gap_at(bits, obs_day, day_obs, lane, out[i] - doy_a) > max_gap:
+                    qa = QA_GAP
+                    break
     return qa, n_cyc
 
 
@@ -840,10 +941,16 @@ def _chunk(b_lo, b_hi, values, clear, obs_idx, obs_k, obs_u, obs_v, obs_day, day
     sep = np.empty(sub_lanes, dtype=np.float32)
     ny = np.zeros(lanes, dtype=np.float32)
     zt = np.empty((tile, n_nodes))
-    kfs = np.zeros(lanes, dtype=np.int64)
-    kls = np.zeros(lanes, dtype=np.int64)
-    mn = np.empty(lanes, dtype=np.float32)
-    mx = np.empty(lanes, dtype=np.float32)
+    kfs = np.zeros(lanes, dtype=np.int32)
+    kls = np.zeros(lanes, dtype=np.int32)
+    bits = np.empty(((n_obs + 63) // 64, lanes), dtype=np.int64)
+    tmp = np.empty((2, lanes), dtype=np.int64)
+    lastd = np.empty((2, lanes), dtype=np.float32)
+    gmax = np.empty((2, lanes), dtype=np.float32)
+    dfs = np.zeros(lanes, dtype=np.float32)
+    dls = np.zeros(lanes, dtype=np.float32)
+    mn = np.empty((2, lanes), dtype=np.float32)
+    mx = np.empty((2, lanes), dtype=np.float32)
     ext = np.empty(n_nodes + 2, dtype=np.int64)
     res = np.empty(N_FLOAT)
     for b in range(b_lo, min(b_hi, n_blocks)):
@@ -892,18 +999,20 @@ def _chunk(b_lo, b_hi, values, clear, obs_idx, obs_k, obs_u, obs_v, obs_day, day
             for k in range(n_nodes):
                 for q in range(m):
                     g[k, sel[q]] = sg[k, q]
-        # y and w are free now: the previous / next clear observation for the gap test
-        _clear_neighbours(w0, obs_day, y, w, lanes)
+        _clear_bits(w0, bits, tmp, nl)
+        _longest_gap(w0, obs_day, lastd, gmax, nl)
         # the nodes at or before the first / at or after the last clear observation of each lane
         for j in range(nl):
             kfs[j] = 0
             kls[j] = 0
             if ny[j] < min_obs:
                 continue
-            o = day_obs[min(int(w[0, j]), day_obs.shape[0] - 1)]
+            o = _first_clear(bits, j)
             kfs[j] = obs_k[o]
-            o = day_obs[min(int(y[n_obs - 1, j]), day_obs.shape[0] - 1)]
+            dfs[j] = obs_day[o]
+            o = _last_clear(bits, j, n_obs - 1)
             kls[j] = min(obs_k[o] + (1 if obs_u[o] > 0 else 0), n_nodes - 1)
+            dls[j] = obs_day[o]
         _block_minmax(g, kfs, kls, mn, mx, nl)
         for t0 in range(0, nl, tile):
             tn = min(tile, nl - t0)
@@ -916,9 +1025,9 @@ def _chunk(b_lo, b_hi, values, clear, obs_idx, obs_k, obs_u, obs_v, obs_day, day
                 if ny[j] < min_obs:
                     continue
                 i = i0 + j
-                qj, ncj = _analyse(zt[q], kfs[j], kls[j], float(mn[j]), float(mx[j]), y, w, day_obs, j, ext,
-                                   year_lo, year_hi, min_amp, rel_amp, base_frac, peak_frac, min_floor, min_top,
-                                   max_gap, doy_a, step, res)
+                qj, ncj = _analyse(zt[q], kfs[j], kls[j], float(mn[0, j]), float(mx[0, j]), bits, obs_day, day_obs,
+                                   j, gmax[0, j], dfs[j], dls[j], ext, year_lo, year_hi, min_amp, rel_amp, base_frac,
+                                   peak_frac, min_floor, min_top, max_gap, doy_a, step, res)
                 for r in range(N_FLOAT):
                     out[r, i] = res[r]
                 qa[i] = qj

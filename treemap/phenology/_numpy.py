@@ -358,7 +358,6 @@ def _analyse(z32, kf, kl, w0, grid, params):
     n_nodes, n = z32.shape
     z = z32.astype(np.float64)
     kk = np.arange(n_nodes)[:, None]
-    cols = np.arange(n)
     step, doy_a = params.step, grid.doy_a
     min_floor = params.min_floor_days / params.step
     bf, pf = params.base_fraction, params.peak_fraction
