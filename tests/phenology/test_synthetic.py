@@ -95,3 +95,29 @@ def test_numpy_engine_accuracy():
     errors = mae_days(res, data.truth)
     for name, bound in BOUNDS.items():
         assert errors[name] <= bound + 0.5, (name, errors)  # small sample: a little slack
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_base_is_the_floor_not_the_tails(engine):
+    # a long-tailed fall (width 15 days) into a short winter: the band within base_fraction of the amplitude above
+    # the trough also holds the tails, whose mean lies 0.013 above the floor (1/30 of the amplitude); the refined
+    # base must come back to the floor, and dormancy with it
+    days = np.arange(np.datetime64("2021-07-01"), np.datetime64("2023-07-01"), 5)
+    t = (days - np.datetime64("2022-01-01")).astype(np.float64)[:, None] + 1.0
+    logistic = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    floor, amp, n = 0.2, 0.4, 300
+    clean = floor + sum(amp * (logistic((t - 100.0 - y) / 8.0) - logistic((t - 290.0 - y) / 15.0))
+                        for y in (-365.0, 0.0, 365.0))
+    noisy = clean + np.random.default_rng(5).normal(0.0, 0.01, (len(days), n))
+    res = phenology_metrics(days, noisy.astype(np.float32), None, 2022, engine=engine)
+    assert np.all(res.qa == QA_GOOD)
+    assert abs(np.median(res.minimum) - floor) < 0.006
+    # truth on the clean daily curve: last day at or above 15 % of (peak - right minimum) above that minimum
+    daily = np.arange(1.0, 500.0)[:, None]
+    curve = (floor + sum(amp * (logistic((daily - 100.0 - y) / 8.0) - logistic((daily - 290.0 - y) / 15.0))
+                         for y in (-365.0, 0.0, 365.0)))[:, 0]
+    peak = int(np.argmax(curve[:365]))
+    trough = peak + int(np.argmin(curve[peak:465]))
+    thr = curve[trough] + 0.15 * (curve[peak] - curve[trough])
+    dormancy = daily[peak + np.flatnonzero(curve[peak:trough] >= thr)[-1], 0]
+    assert abs(np.median(res.dormancy) - dormancy) < 2.0

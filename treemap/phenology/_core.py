@@ -78,7 +78,7 @@ class Params:
     min_amplitude: float = 0.05
     relative_amplitude: float = 0.35
     step: float = 5.0
-    smoothing: float = 6.0
+    smoothing: float = 5.0
     robust_iterations: int = 1
     reject_below: float = 4.0
     reject_above: float = 6.0

@@ -46,6 +46,8 @@ TILE = 16
 #: a cycle still rising when the series ends counts as the next cycle (for ``next_greenup``) once its top, the
 #: values within ``peak_fraction`` of its rise below the last one, spans this many days
 MIN_TOP_DAYS = 10.0
+#: refinement passes of a side's base (see :func:`_floor`)
+BASE_PASSES = 2
 
 # rows of the float output
 GREENUP, MIDGREENUP, MATURITY, PEAK, SENESCENCE, MIDGREENDOWN, DORMANCY = range(7)
@@ -508,10 +510,23 @@ def _sum_above(zs, lim):  # pragma: no cover - compiled
 
 
 @njit(**_KERNEL)
-def _floor(z, lo, hi, lim):  # pragma: no cover - compiled
-    """Mean and count of the values on nodes [lo, hi] at or below ``lim``."""
-    s, c = _sum_below(z[lo:hi + 1], lim)
-    return s / c, c
+def _floor(z, lo, hi, trough, lim):  # pragma: no cover - compiled
+    """Base level of the nodes [lo, hi] whose lowest value is ``trough``, and the count of values at or below
+    ``lim`` (how long the floor is).
+
+    The first estimate is the mean of the values at or below ``lim``; it sits above the floor where the band also
+    holds the tails of the rise and fall. Each of :data:`BASE_PASSES` refinements takes the mean of the values at or
+    below 2 x base - trough, a band as far above the base as the trough is below it: on a flat floor with noise
+    that band shrinks to the floor's own spread and drops the tails, on a V-shaped trough (no floor) it keeps the
+    base where it is."""
+    zs = z[lo:hi + 1]
+    s, c = _sum_below(zs, lim)
+    base = s / c
+    for _ in range(BASE_PASSES):
+        s2, c2 = _sum_below(zs, 2.0 * base - trough)
+        if c2 > 0.0:
+            base = s2 / c2
+    return base, c
 
 
 @njit(**_KERNEL)
@@ -525,9 +540,9 @@ def _top(z, lo, hi, lim):  # pragma: no cover - compiled
 def _sides(z, ext, n_ext, e, kf, kl, base_frac, right):  # pragma: no cover - compiled
     """The cycle of the peak ``ext[e]``: its node, troughs, refined peak and the robust base of each side.
 
-    Returns (p, tl, tr, xpk, zpk, bl, cl, br, cr): the base of a side is the mean of the values between the
+    Returns (p, tl, tr, xpk, zpk, bl, cl, br, cr): the base of a side comes from the values between the
     neighbouring peak (or series end) and this peak that lie within ``base_frac`` of the side's amplitude above its
-    trough; cl/cr count them. ``right=False`` skips the right base (returned as NaN, count 0).
+    trough (:func:`_floor`); cl/cr count them. ``right=False`` skips the right base (returned as NaN, count 0).
     """
     p = ext[e] - 1
     tl = -ext[e - 1] - 1 if e > 0 else kf
@@ -535,10 +550,10 @@ def _sides(z, ext, n_ext, e, kf, kl, base_frac, right):  # pragma: no cover - co
     lo = ext[e - 2] - 1 if e > 1 else kf
     hi = ext[e + 2] - 1 if e + 2 < n_ext else kl
     xpk, zpk = _refine_peak(z, p, kf, kl)
-    bl, cl = _floor(z, lo, p, z[tl] + base_frac * (zpk - z[tl]))
+    bl, cl = _floor(z, lo, p, z[tl], z[tl] + base_frac * (zpk - z[tl]))
     br, cr = np.nan, 0.0
     if right:
-        br, cr = _floor(z, p, hi, z[tr] + base_frac * (zpk - z[tr]))
+        br, cr = _floor(z, p, hi, z[tr], z[tr] + base_frac * (zpk - z[tr]))
     return p, tl, tr, xpk, zpk, bl, cl, br, cr
 
 

@@ -202,8 +202,13 @@ def _masked_mean(z, mask):
         return s / c, c
 
 
-def _floor(z, kk, lo, hi, lim):
-    return _masked_mean(z, (kk >= lo) & (kk <= hi) & (z <= lim))
+def _floor(z, kk, lo, hi, trough, lim):
+    span = (kk >= lo) & (kk <= hi)
+    base, c = _masked_mean(z, span & (z <= lim))
+    for _ in range(K.BASE_PASSES):
+        b2, c2 = _masked_mean(z, span & (z <= 2.0 * base - trough))
+        base = np.where(c2 > 0, b2, base)
+    return base, c
 
 
 def _top(z, kk, lo, hi, lim):
@@ -259,8 +264,8 @@ def _sides(z, kk, ext, n_ext, e, kf, kl, base_frac):
     hi, _ = _ext(ext, n_ext, e + 2, kl)
     xpk, zpk = _refine_peak(z, p, kf, kl)
     ztl, ztr = _take(z, tl), _take(z, tr)
-    bl, cl = _floor(z, kk, lo, p, ztl + base_frac * (zpk - ztl))
-    br, cr = _floor(z, kk, p, hi, ztr + base_frac * (zpk - ztr))
+    bl, cl = _floor(z, kk, lo, p, ztl, ztl + base_frac * (zpk - ztl))
+    br, cr = _floor(z, kk, p, hi, ztr, ztr + base_frac * (zpk - ztr))
     return p, tl, tr, xpk, zpk, bl, cl, br, cr
 
 
