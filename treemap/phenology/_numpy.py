@@ -33,16 +33,29 @@ def run(values, clear, grid, params):
 def smooth(values, clear, grid, params):
     """The smoothed curves (n_nodes, N) float32 on the grid (after the robust step); NaN for pixels with too few
     clear observations."""
+    ok, v, ny = _usable(values, clear, grid, params)
+    dead = ny < params.min_observations
+    y = np.where(ok, v, _F(0.0)).astype(np.float32)
+    w0 = ok.astype(np.float32)
+    y[:, dead] = 0.0
+    w0[:, dead] = 1.0
+    z = _robust_fit(y, w0, grid, params)
+    z[:, dead] = np.nan
+    return z
+
+
+def _usable(values, clear, grid, params):
+    """The observations that count (clear, inside ``valid_range``), their values, and the count in the year."""
     lo, hi = _F(params.valid_range[0]), _F(params.valid_range[1])
     v = values[grid.obs_idx].astype(np.float32)
     with np.errstate(invalid="ignore"):
         ok = clear[grid.obs_idx] & (v >= lo) & (v <= hi)
-    ny = (ok & grid.obs_in_year[:, None]).sum(axis=0)
-    y = np.where(ok, v, _F(0.0)).astype(np.float32)
-    w0 = ok.astype(np.float32)
-    dead = ny < params.min_observations
-    y[:, dead] = 0.0
-    w0[:, dead] = 1.0
+    ny = (ok & grid.obs_in_year[:, None]).sum(axis=0).astype(np.int32)
+    return ok, v, ny
+
+
+def _robust_fit(y, w0, grid, params):
+    """The Whittaker fit, then ``robust_iterations`` rejections and refits of the pixels whose weights changed."""
     w = w0.copy()
     obs_u = grid.obs_u.astype(np.float32)
     obs_v = (1.0 - grid.obs_u).astype(np.float32)
@@ -53,7 +66,6 @@ def smooth(values, clear, grid, params):
         if not changed.any():
             break
         z[:, changed] = _fit(y[:, changed], w[:, changed], grid.obs_k, obs_u, obs_v, p0, p1, p2)
-    z[:, dead] = np.nan
     return z
 
 
@@ -62,27 +74,14 @@ def _run_chunk(values, clear, grid, params):
     out = np.full((K.N_FLOAT, n), np.nan, dtype=np.float32)
     qa = np.full(n, K.QA_FEW_OBSERVATIONS, dtype=np.uint8)
     n_cycles = np.zeros(n, dtype=np.uint8)
-    lo, hi = _F(params.valid_range[0]), _F(params.valid_range[1])
-    v = values[grid.obs_idx].astype(np.float32)
-    with np.errstate(invalid="ignore"):
-        ok = clear[grid.obs_idx] & (v >= lo) & (v <= hi)
-    ny = (ok & grid.obs_in_year[:, None]).sum(axis=0).astype(np.int32)
+    ok, v, ny = _usable(values, clear, grid, params)
     live = np.flatnonzero(ny >= params.min_observations)
     if live.size == 0:
         return out, ny, qa, n_cycles
     ok = ok[:, live]
     y = np.where(ok, v[:, live], _F(0.0)).astype(np.float32)
     w0 = ok.astype(np.float32)
-    w = w0.copy()
-    obs_u = grid.obs_u.astype(np.float32)
-    obs_v = (1.0 - grid.obs_u).astype(np.float32)
-    p0, p1, p2 = grid.p0.astype(np.float32), grid.p1.astype(np.float32), grid.p2.astype(np.float32)
-    z = _fit(y, w, grid.obs_k, obs_u, obs_v, p0, p1, p2)
-    for _ in range(params.robust_iterations):
-        changed = _reject(y, w0, w, grid.obs_k, obs_u, obs_v, z, params)
-        if not changed.any():
-            break
-        z[:, changed] = _fit(y[:, changed], w[:, changed], grid.obs_k, obs_u, obs_v, p0, p1, p2)
+    z = _robust_fit(y, w0, grid, params)
     n_obs = len(grid.obs_idx)
     first = np.argmax(ok, axis=0)
     last = n_obs - 1 - np.argmax(ok[::-1], axis=0)
