@@ -1,3 +1,5 @@
 from treemap.cli import main
 
-main()
+# guarded: worker processes started with multiprocessing's spawn method import this module again
+if __name__ == "__main__":
+    main()

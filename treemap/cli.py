@@ -95,6 +95,18 @@ def _load_recipe(ctx, param, value):
     return value
 
 
+def _cluster_options(command):
+    """--workers and --scheduler: where a run's tiles are computed (treemap.scale)."""
+    command = click.option(
+        "--scheduler", metavar="ADDRESS",
+        help="Run the tiles on an existing dask cluster: its scheduler's address (tcp://host:8786) or scheduler "
+             "file (.json). Its workers need --out on a shared filesystem at the same path.")(command)
+    return click.option(
+        "--workers", type=click.IntRange(1),
+        help="Worker processes on this machine (default: one per CPU core, for CUDA predictions one per GPU); "
+             "1 runs the tiles in this process.")(command)
+
+
 def _print_products(result, as_json: bool) -> None:
     """A run's summary as JSON, or its product paths one per line (stdout)."""
     if as_json:
@@ -129,9 +141,10 @@ def _print_products(result, as_json: bool) -> None:
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(0, 20),
               help="Also write top_species.tif: the k most probable species per pixel and their probabilities.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
+@_cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of paths.")
 def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device, head,
-            top_k, keep_work, as_json):
+            top_k, keep_work, workers, scheduler, as_json):
     """Map species probabilities over an AOI; prints the paths of the COGs written."""
     from treemap.run import PredictRequest, predict as run_predict
 
@@ -139,7 +152,7 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
     result = run_predict(PredictRequest(
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
         model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work, head=head,
-        top_k=top_k))
+        top_k=top_k, scheduler=scheduler, workers=workers))
     _print_products(result, as_json)
 
 
@@ -165,15 +178,17 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
 @click.option("--seasonal", is_flag=True, help="Also write seasonal_composites.tif: clear-sky medians of the four "
               "phenological seasons.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
+@_cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of paths.")
 def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observations, tile_size, seasonal,
-              keep_work, as_json):
+              keep_work, workers, scheduler, as_json):
     """Season timing per pixel (MCD12Q2 transition dates) for one year; prints the paths of the COGs written."""
     from treemap.phenology_run import PhenologyRequest, run_phenology
 
     result = run_phenology(PhenologyRequest(
         aoi=aoi, out=out, year=year, catalog=catalog, index=index, margin_days=margin_days, max_cloud=max_cloud,
-        tile_size=tile_size, min_observations=min_observations, seasonal=seasonal, keep_work=keep_work))
+        tile_size=tile_size, min_observations=min_observations, seasonal=seasonal, keep_work=keep_work,
+        scheduler=scheduler, workers=workers))
     _print_products(result, as_json)
 
 

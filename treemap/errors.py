@@ -35,3 +35,15 @@ class ModelError(TreemapError):
 
 class SpeciesListError(ModelError):
     """A species list is missing columns or empty."""
+
+
+class ClusterError(TreemapError):
+    """A dask scheduler cannot be reached, or its workers cannot do the job (for example they do not see the
+    output folder)."""
+
+
+class RunLockedError(TreemapError):
+    """Another treemap run holds the lock on the output folder. Exit code 75 (EX_TEMPFAIL: try again later), so a
+    cron wrapper can tell "still running" from a failure."""
+
+    exit_code = 75

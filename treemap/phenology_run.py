@@ -3,7 +3,8 @@
 Same path as a mapping run (search, UTM tiles, the lazy cube, per-scene harmonisation and SCL masking), but the tile's
 clear-sky series is kept per acquisition instead of composited by month: the vegetation index of each acquisition
 goes to :func:`treemap.phenology.phenology_metrics`. The search covers the year plus ``margin_days`` either side so
-that cycles crossing the new year are whole. Tiles finish with a done-marker, so an interrupted run resumes.
+that cycles crossing the new year are whole. Tiles finish with a done-marker, so an interrupted run resumes; they run
+in this process or on a dask cluster (:mod:`treemap.scale`), under the output folder's lock (:mod:`treemap.workdir`).
 
 Products (int16, nodata -32768, one band per metric, band descriptions and units in the band metadata):
 
@@ -25,6 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +37,10 @@ from treemap.cube import TileCube
 from treemap.errors import DateRangeError, NoScenesError, TreemapError
 from treemap.grid import Tile, TilePlan, plan_tiles, to_crs
 from treemap.outputs import NODATA_I16, ensure_writable_dir, write_cog_mosaic, write_tile_raster
-from treemap.run import WORK_DIR, core_mask, scenes_for_tile
-from treemap.stac import Query, open_catalog
+from treemap.run import core_mask, scenes_for_tile
+from treemap.scale import ClusterSpec, tile_runner
+from treemap.stac import Query, Scene, open_catalog
+from treemap.workdir import WORK_DIR, read_done, tile_paths, work_lock, write_done
 
 log = logging.getLogger("treemap.phenology")
 
@@ -63,6 +67,11 @@ class PhenologyRequest:
     min_observations: int = 12
     seasonal: bool = False
     keep_work: bool = False
+    scheduler: str | None = None  # an existing dask scheduler's address or scheduler file; None: this machine
+    workers: int | None = None  # worker processes on this machine (None: one per CPU core)
+
+    def cluster(self) -> ClusterSpec:
+        return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
 
 
 @dataclass(frozen=True)
@@ -149,9 +158,8 @@ def process_tile(tile: Tile, scenes, local_aoi, request: PhenologyRequest, work:
     from treemap.phenology import METRIC_NAMES, phenology_metrics
     from treemap.phenology.tile import SeasonalCompositor, metric_stack
 
-    done = work / f"{tile.id}.done"
-    path = work / f"{tile.id}.tif"
-    if done.exists() and path.exists():
+    path, _ = tile_paths(work, tile.id)
+    if read_done(work, tile.id) is not None:
         log.info("tile %s already done; skipping", tile.id)
         return path
     tile_scenes = scenes_for_tile(scenes, tile)
@@ -176,9 +184,24 @@ def process_tile(tile: Tile, scenes, local_aoi, request: PhenologyRequest, work:
         data = np.concatenate([data, seasons])
     write_tile_raster(path, tile, data, nodata=NODATA_I16)
     qa = result.qa[inside]
-    done.write_text(json.dumps({"tile": tile.id, "scenes": len(tile_scenes), "dates": int(dates.shape[0]),
-                                "qa": np.bincount(qa, minlength=5).tolist()}), encoding="utf-8")
+    write_done(work, tile.id, {"tile": tile.id, "scenes": len(tile_scenes), "dates": int(dates.shape[0]),
+                               "qa": np.bincount(qa, minlength=5).tolist()})
     return path
+
+
+@dataclass(frozen=True)
+class PhenologyJob:
+    """Everything a worker needs for any tile of a run; sent to a cluster once per run."""
+
+    request: PhenologyRequest
+    scenes: tuple[Scene, ...]
+    local_aoi: Any
+    work: Path
+
+
+def phenology_tile_task(tile: Tile, job: PhenologyJob) -> Path | None:
+    """One whole tile (in this process or on a worker): :func:`process_tile`."""
+    return process_tile(tile, list(job.scenes), job.local_aoi, job.request, job.work)
 
 
 def run_phenology(request: PhenologyRequest) -> PhenologyRunResult:
@@ -187,9 +210,16 @@ def run_phenology(request: PhenologyRequest) -> PhenologyRunResult:
         raise TreemapError(f"unknown index {request.index!r}: use evi or ndvi")
     if not 1 <= request.year <= 9998 or request.margin_days < 0:
         raise DateRangeError(f"invalid year {request.year} or margin {request.margin_days}")
+    cluster = request.cluster()
     aoi = read_aoi(request.aoi)
     start, end = search_window(request.year, request.margin_days)
     out = ensure_writable_dir(Path(request.out))
+    with work_lock(out):
+        return _run_phenology(request, cluster, aoi, start, end, out)
+
+
+def _run_phenology(request: PhenologyRequest, cluster: ClusterSpec, aoi, start: date, end: date,
+                   out: Path) -> PhenologyRunResult:
     catalog = open_catalog(request.catalog)
     scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud))
     if not scenes:
@@ -197,16 +227,26 @@ def run_phenology(request: PhenologyRequest) -> PhenologyRunResult:
     log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
     plan = plan_tiles(aoi, tile_size=request.tile_size)
     local_aoi = to_crs(aoi.geometry, plan.epsg)
-    work = out / WORK_DIR / ("phenology-" + _fingerprint(request, aoi, plan, scenes))
+    work = (out / WORK_DIR / ("phenology-" + _fingerprint(request, aoi, plan, scenes))).absolute()
     work.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path | None] = {}
+    for tile in plan.tiles:
+        if read_done(work, tile.id) is not None:
+            log.info("tile %s already done; skipping", tile.id)
+            paths[tile.id] = tile_paths(work, tile.id)[0]
+    pending = [tile for tile in plan.tiles if tile.id not in paths]
+    with tile_runner(cluster, len(pending), work) as runner:
+        job = PhenologyJob(request, tuple(scenes), local_aoi, work)
+        for k, (tile, path) in enumerate(runner.map(phenology_tile_task, pending, job), start=1):
+            paths[tile.id] = path
+            log.info("tile %s done (%d/%d)", tile.id, k, len(pending))
     sources = []
     qa_total = np.zeros(5, dtype=np.int64)
-    for k, tile in enumerate(plan.tiles, start=1):
-        log.info("tile %s (%d/%d)", tile.id, k, len(plan.tiles))
-        path = process_tile(tile, scenes, local_aoi, request, work)
+    for tile in plan.tiles:
+        path = paths[tile.id]
         if path is not None:
             sources.append((tile, path))
-            record = json.loads((work / f"{tile.id}.done").read_text(encoding="utf-8"))
+            record = read_done(work, tile.id) or {"qa": [0] * 5}
             qa_total += np.asarray(record["qa"][:5], dtype=np.int64)
     if not sources:
         raise NoScenesError("no tile of the AOI is covered by any scene")

@@ -1,7 +1,9 @@
 """A mapping run: validate the request, search, plan tiles, process each tile, mosaic the products.
 
 Tiles are processed independently and finish with a done-marker in the run's work folder, so a run that crashed
-resumes where it stopped when started again with the same request.
+resumes where it stopped when started again with the same request. Where the tiles run (this process, a local dask
+cluster or an existing one) is :mod:`treemap.scale`'s business; a lock on the output folder keeps a second run out
+(:mod:`treemap.workdir`).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from rasterio.features import geometry_mask
@@ -28,13 +32,13 @@ from treemap.grid import Tile, TilePlan, lonlat_bbox, pixel_centres_lonlat, plan
 from treemap.infer import InferenceSpec, SpeciesPredictor
 from treemap.outputs import (NODATA_U8, PROB_SCALE, class_colours, dominant_class, encode_probability,
                              ensure_writable_dir, write_cog_mosaic, write_tile_raster)
+from treemap.scale import ClusterSpec, tile_runner, worker_index
 from treemap.stac import Query, Scene, open_catalog
 from treemap.stac.search import date_window
 from treemap.taxonomy import SpeciesList, demo_species_list, load_species_list
+from treemap.workdir import WORK_DIR, read_done, tile_paths, work_lock, write_done
 
 log = logging.getLogger("treemap.run")
-
-WORK_DIR = ".treemap-work"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,11 @@ class PredictRequest:
     keep_work: bool = False
     head: Path | None = None  # a few-shot head file (treemap fewshot): classifies its own species
     top_k: int = 0  # also write top_species.tif with the k most probable species per pixel
+    scheduler: str | None = None  # an existing dask scheduler's address or scheduler file; None: this machine
+    workers: int | None = None  # worker processes on this machine (None: one per CPU core, or per GPU on CUDA)
+
+    def cluster(self) -> ClusterSpec:
+        return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
 
 
 @dataclass(frozen=True)
@@ -181,14 +190,20 @@ class PreparedTile:
     outcome: TileOutcome | None = None  # set for tiles already done or not covered
 
 
+def done_outcome(work: Path, tile: Tile) -> TileOutcome | None:
+    """The outcome of a tile finished by an earlier (or crashed) run, or None."""
+    record = read_done(work, tile.id)
+    if record is None:
+        return None
+    return TileOutcome(tile_paths(work, tile.id)[0], tuple(tuple(u) for u in record.get("unreadable", [])))
+
+
 def prepare_tile(tile: Tile, scenes: list[Scene], local_aoi, work: Path) -> PreparedTile:
     """Read and composite one tile (I/O and NumPy: runs beside the encoder of the previous tile)."""
-    done = work / f"{tile.id}.done"
-    path = work / f"{tile.id}.tif"
-    if done.exists() and path.exists():
+    done = done_outcome(work, tile)
+    if done is not None:
         log.info("tile %s already done; skipping", tile.id)
-        record = json.loads(done.read_text(encoding="utf-8"))
-        return PreparedTile(tile, outcome=TileOutcome(path, tuple(tuple(u) for u in record.get("unreadable", []))))
+        return PreparedTile(tile, outcome=done)
     tile_scenes = scenes_for_tile(scenes, tile)
     if not tile_scenes:
         log.warning("tile %s: no scenes cover it; left as nodata", tile.id)
@@ -203,11 +218,11 @@ def finish_tile(prepared: PreparedTile, predictor: SpeciesPredictor, work: Path,
     if prepared.outcome is not None:
         return prepared.outcome
     tile = prepared.tile
-    path = work / f"{tile.id}.tif"
+    path, _ = tile_paths(work, tile.id)
     probs = predictor.predict_tile(prepared.composites, tile.halo, pixel_centres_lonlat(tile), prepared.valid)
     write_tile_raster(path, tile, tile_bands(probs, predictor.species, top_k))
-    record = {"tile": tile.id, "scenes": prepared.n_scenes, "unreadable": [list(u) for u in prepared.unreadable]}
-    (work / f"{tile.id}.done").write_text(json.dumps(record), encoding="utf-8")
+    write_done(work, tile.id, {"tile": tile.id, "scenes": prepared.n_scenes,
+                               "unreadable": [list(u) for u in prepared.unreadable]})
     return TileOutcome(path, prepared.unreadable)
 
 
@@ -224,12 +239,107 @@ def process_tiles(tiles: list[Tile], scenes: list[Scene], local_aoi, predictor: 
             prepared = pending.result()
             pending = pool.submit(prepare_tile, tiles[k + 1], scenes, local_aoi, work) if k + 1 < len(tiles) \
                 else None
-            log.info("tile %s (%d/%d)", tile.id, k + 1, len(tiles))
+            log.debug("tile %s (%d/%d)", tile.id, k + 1, len(tiles))
             yield finish_tile(prepared, predictor, work, top_k)
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Everything a worker needs for any tile of a run; sent to a cluster once per run."""
+
+    request: PredictRequest
+    model_key: str
+    species_key: str
+    head_key: str | None
+    scenes: tuple[Scene, ...]
+    local_aoi: Any
+    work: Path
+
+
+def _absolute_paths(request: PredictRequest) -> PredictRequest:
+    """The request with absolute model, species and head paths, for workers with another working directory."""
+    def absolute(ref):
+        return ref if ref is None or str(ref) == "demo" else Path(ref).absolute()
+
+    return replace(request, model=absolute(request.model), species=absolute(request.species),
+                   head=absolute(request.head))
+
+
+def _species_key(species: SpeciesList) -> str:
+    return hashlib.sha256("\n".join(species.prompts).encode()).hexdigest()[:16]
+
+
+class _Predictors:
+    """The predictors of this process, so that a worker loads a model (and its text features) once for all the
+    tiles it runs, not once per tile. Keyed by model, species, head and inference settings; the two most recent
+    are kept (a long-lived cluster may serve runs with other models)."""
+
+    def __init__(self, size: int = 2):
+        self._items: OrderedDict[tuple, SpeciesPredictor] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+        self.loads = 0
+
+    def get(self, job: PredictJob) -> SpeciesPredictor:
+        r = job.request
+        key = (job.model_key, job.species_key, job.head_key, r.batch_size, r.device)
+        with self._lock:
+            predictor = self._items.get(key)
+            if predictor is None:
+                predictor = self._load(job)
+                self._items[key] = predictor
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+            self._items.move_to_end(key)
+            return predictor
+
+    def _load(self, job: PredictJob) -> SpeciesPredictor:
+        r = job.request
+        model, _, species, model_key, head = _load_model(r)
+        if model_key != job.model_key or _species_key(species) != job.species_key:
+            raise ModelError(f"the model or species list this worker reads ({r.model}, {r.species or r.head}) "
+                             f"differs from the client's: workers need the same files")
+        self.loads += 1
+        log.info("model %s loaded in this process", model_key[:12])
+        return SpeciesPredictor(model, species, InferenceSpec(r.batch_size, _worker_device(r.device)),
+                                model_key=model_key, cache_dir=cache_root(), head=head)
+
+
+_predictors = _Predictors()
+
+
+def _worker_device(device: str) -> str:
+    """``auto`` on a local-cluster worker with CUDA: the GPU of the worker's index (one worker per GPU)."""
+    index = worker_index()
+    if device != "auto" or index is None:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def visible_gpus(device: str) -> int:
+    """The GPUs a prediction on ``device`` can spread over: all visible ones for ``auto``, one for ``cuda[:i]``."""
+    import torch
+
+    if device == "auto":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return 1 if device.startswith("cuda") else 0
+
+
+def predict_tile_task(tile: Tile, job: PredictJob) -> TileOutcome:
+    """One whole tile on a worker: read, composite, encode, write the raster and its done-marker."""
+    prepared = prepare_tile(tile, list(job.scenes), job.local_aoi, job.work)
+    if prepared.outcome is not None:
+        return prepared.outcome
+    return finish_tile(prepared, _predictors.get(job), job.work, job.request.top_k)
 
 
 def predict(request: PredictRequest) -> PredictResult:
     """Run a mapping job and return the products written."""
+    cluster = request.cluster()
     aoi = read_aoi(request.aoi)
     default_year = date.today().year - 1
     if request.catalog == "demo":
@@ -238,6 +348,12 @@ def predict(request: PredictRequest) -> PredictResult:
         default_year = WorldSpec().year
     start, end = resolve_dates(request.start, request.end, default_year)
     out = ensure_writable_dir(Path(request.out))
+    with work_lock(out):
+        return _predict(request, cluster, aoi, start, end, out)
+
+
+def _predict(request: PredictRequest, cluster: ClusterSpec, aoi: AOI, start: date, end: date,
+             out: Path) -> PredictResult:
     catalog = open_catalog(request.catalog)
     scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud))
     if not scenes:
@@ -252,14 +368,31 @@ def predict(request: PredictRequest) -> PredictResult:
     log.info("grid EPSG:%d, %d x %d px, %d tile(s)", plan.epsg, plan.width, plan.height, len(plan.tiles))
 
     head_key = file_sha256(request.head) if head is not None else None
-    work = out / WORK_DIR / _fingerprint(aoi, plan, scenes, species, model_key, head_key, request.top_k)
+    work = (out / WORK_DIR / _fingerprint(aoi, plan, scenes, species, model_key, head_key, request.top_k)).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    predictor = SpeciesPredictor(model, species, InferenceSpec(request.batch_size, request.device),
-                                 model_key=model_key, cache_dir=cache_root(), head=head)
+    outcomes: dict[str, TileOutcome] = {}
+    for tile in plan.tiles:
+        if (done := done_outcome(work, tile)) is not None:
+            log.info("tile %s already done; skipping", tile.id)
+            outcomes[tile.id] = done
+    pending = [tile for tile in plan.tiles if tile.id not in outcomes]
+    gpus = visible_gpus(request.device) if pending else 0
+    with tile_runner(cluster, len(pending), work, gpus=gpus) as runner:
+        if runner.in_process:
+            predictor = SpeciesPredictor(model, species, InferenceSpec(request.batch_size, request.device),
+                                         model_key=model_key, cache_dir=cache_root(), head=head) if pending else None
+            finished = zip(pending, process_tiles(pending, scenes, local_aoi, predictor, work, request.top_k))
+        else:
+            job = PredictJob(_absolute_paths(request), model_key, _species_key(species), head_key, tuple(scenes),
+                             local_aoi, work)
+            finished = runner.map(predict_tile_task, pending, job)
+        for k, (tile, outcome) in enumerate(finished, start=1):
+            outcomes[tile.id] = outcome
+            log.info("tile %s done (%d/%d)", tile.id, k, len(pending))
     sources = []
     unreadable: dict[str, tuple[str, str, str, str]] = {}
-    for tile, outcome in zip(plan.tiles, process_tiles(plan.tiles, scenes, local_aoi, predictor, work,
-                                                       request.top_k)):
+    for tile in plan.tiles:
+        outcome = outcomes[tile.id]
         if outcome.path is not None:
             sources.append((tile, outcome.path))
         unreadable.update({u[2]: u for u in outcome.unreadable})
