@@ -37,7 +37,7 @@ from treemap.cube import TileCube
 from treemap.errors import DateRangeError, NoScenesError, TreemapError
 from treemap.grid import Tile, TilePlan, plan_tiles, to_crs
 from treemap.outputs import NODATA_I16, ensure_writable_dir, write_cog_mosaic, write_tile_raster
-from treemap.run import core_mask, scenes_for_tile
+from treemap.run import RunSummary, core_mask, scenes_for_tile
 from treemap.scale import ClusterSpec, tile_runner
 from treemap.stac import Query, Scene, open_catalog
 from treemap.workdir import WORK_DIR, read_done, tile_paths, work_lock, write_done
@@ -75,22 +75,12 @@ class PhenologyRequest:
 
 
 @dataclass(frozen=True)
-class PhenologyRunResult:
-    products: dict[str, Path]
-    epsg: int
-    bounds: tuple[float, float, float, float]
-    tiles: int
-    scenes: int
-    start: date
-    end: date
-    year: int
+class PhenologyRunResult(RunSummary):
+    year: int = 0
     qa_counts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"products": {k: str(v) for k, v in self.products.items()}, "epsg": self.epsg,
-                "bounds": list(self.bounds), "tiles": self.tiles, "scenes": self.scenes,
-                "start": self.start.isoformat(), "end": self.end.isoformat(), "year": self.year,
-                "qa_counts": self.qa_counts}
+        return {**super().to_json(), "year": self.year, "qa_counts": self.qa_counts}
 
 
 def search_window(year: int, margin_days: int) -> tuple[date, date]:

@@ -65,7 +65,9 @@ class PredictRequest:
 
 
 @dataclass(frozen=True)
-class PredictResult:
+class RunSummary:
+    """What every run reports: its products and where and when it looked."""
+
     products: dict[str, Path]
     epsg: int
     bounds: tuple[float, float, float, float]
@@ -73,21 +75,21 @@ class PredictResult:
     scenes: int
     start: date
     end: date
+
+    def to_json(self) -> dict:
+        return {"products": {k: str(v) for k, v in self.products.items()}, "epsg": self.epsg,
+                "bounds": list(self.bounds), "tiles": self.tiles, "scenes": self.scenes,
+                "start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+@dataclass(frozen=True)
+class PredictResult(RunSummary):
     species: tuple[str, ...] = field(default=())
     unreadable: tuple[tuple[str, str, str, str], ...] = ()
 
     def to_json(self) -> dict:
-        return {
-            "products": {k: str(v) for k, v in self.products.items()},
-            "epsg": self.epsg,
-            "bounds": list(self.bounds),
-            "tiles": self.tiles,
-            "scenes": self.scenes,
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "species": list(self.species),
-            "unreadable_assets": [dict(zip(("scene", "band", "href", "reason"), u)) for u in self.unreadable],
-        }
+        return {**super().to_json(), "species": list(self.species),
+                "unreadable_assets": [dict(zip(("scene", "band", "href", "reason"), u)) for u in self.unreadable]}
 
 
 resolve_dates = date_window
