@@ -24,6 +24,8 @@ def test_accuracy_within_bounds(north):
     for name, bound in BOUNDS.items():
         assert errors[name] <= bound, (name, errors)
     assert errors["midgreenup"] <= 2.5 and errors["midgreendown"] <= 2.5, errors
+    # the peak date is the centre of the top (the maximum of a noisy flat top wanders: 17 days with it)
+    assert errors["peak"] <= 10.0, errors
     assert errors["undefined"] < 0.01
     assert np.mean(res.qa == QA_GOOD) > 0.95
     assert np.all(res.n_cycles[res.qa == QA_GOOD] >= 1)

@@ -38,11 +38,14 @@ numbers):
 5. **Transition dates.** Greenup, MidGreenup, Maturity: first upward crossings of 15/50/90 % of the left amplitude
    (peak level - left base) after the left trough; Senescence, MidGreendown, Dormancy: last downward crossings of
    90/50/15 % of the right amplitude before the right trough; crossings interpolated linearly between nodes
-   (fractional days). Peak: the refined maximum. Minimum = the lower side base, amplitude = peak level - minimum,
-   season length = dormancy - greenup; ``next_greenup``: greenup of the following cycle by the same rules. Only
-   that cycle's green-up side has to be in the series: a curve still rising when the series ends counts as the
-   following cycle once its top (the values within ``peak_fraction`` of the rise below the last one) spans 10 days
-   (``_numba.MIN_TOP_DAYS``), i.e. the rise has levelled off (it never counts as the year's own cycle).
+   (fractional days). Peak: the centre of the cycle's top, midway between the upward and downward crossings of
+   the maximum less 10 % of the amplitude (``_jit.PEAK_CENTRE_FRACTION``), kept between maturity and senescence;
+   on a flat top the day of the maximum itself is set by the noise. Minimum = the lower side base, amplitude =
+   peak level - minimum, season length = dormancy - greenup; ``next_greenup``: greenup of the following cycle by
+   the same rules. Only that cycle's green-up side has to be in the series: a curve still rising when the series
+   ends counts as the following cycle once its top (the values within ``peak_fraction`` of the rise below the last
+   one) spans 10 days (``_jit.MIN_TOP_DAYS``), i.e. the rise has levelled off (it never counts as the year's own
+   cycle).
 
 QA codes (:data:`QA_CODES`): 0 good; 1 fewer than ``min_observations`` clear observations in the year (every metric
 NaN); 2 no cycle peaking in the year (flat, evergreen or constant curve; dates NaN, the minimum, peak value and

@@ -13,7 +13,8 @@ from numba import njit
 from treemap.phenology._block_kernels import _last_clear, _next_clear
 from treemap.phenology._jit import (_FAR, _KERNEL, _REDUCTION, _ZERO, AMPLITUDE, BASE_PASSES, DORMANCY, F15, F50, F90,
                                     GREENUP, MATURITY, MIDGREENDOWN, MIDGREENUP, MINIMUM, N_FLOAT, NEXT_GREENUP, PEAK,
-                                    PEAK_VALUE, QA_GAP, QA_GOOD, QA_NO_CYCLE, QA_PARTIAL, SEASON_LENGTH, SENESCENCE)
+                                    PEAK_CENTRE_FRACTION, PEAK_VALUE, QA_GAP, QA_GOOD, QA_NO_CYCLE, QA_PARTIAL,
+                                    SEASON_LENGTH, SENESCENCE)
 
 # Loops run over slices from index 0 rather than over range(lo, hi): numba guards every index that may be negative
 # (a compare and a select per access), which blocks vectorisation and costs more than the loop body.
@@ -461,7 +462,12 @@ def _analyse(z, kf, kl, zmin, zmax, bits, obs_day, day_obs, lane, gap_max, day_f
     top = b_zpk
     if peak_frac > 0.0:
         top = _top(z, tl, tr, z[p] - peak_frac * (z[p] - mn))
-    out[PEAK] = doy_a + step * b_xpk
+    # the peak date: the centre of the top, midway between the curve's upward and downward crossings of a level just
+    # under the maximum (the maximum alone wanders along a flat top with the noise)
+    centre_lim = z[p] - PEAK_CENTRE_FRACTION * (z[p] - mn)
+    x_up, _k = _rise(z, tl, p, centre_lim, b_xpk)
+    x_down, _k = _fall(z, p, tr, centre_lim, b_xpk)
+    out[PEAK] = doy_a + step * 0.5 * (x_up + x_down)
     out[PEAK_VALUE] = top
     out[MINIMUM] = mn
     out[AMPLITUDE] = top - mn
@@ -488,6 +494,11 @@ def _analyse(z, kf, kl, zmin, zmax, bits, obs_day, day_obs, lane, gap_max, day_f
         out[SENESCENCE] = doy_a + step * x
     else:
         qa = QA_PARTIAL
+    # the centre of the top lies between maturity and senescence (NaN bounds do not count)
+    if out[PEAK] < out[MATURITY]:
+        out[PEAK] = out[MATURITY]
+    if out[PEAK] > out[SENESCENCE]:
+        out[PEAK] = out[SENESCENCE]
     out[SEASON_LENGTH] = out[DORMANCY] - out[GREENUP]
     # greenup of the following cycle (its left side is this cycle's right trough), by the same rules; that cycle
     # may be an open peak (still rising at the series end, its top reached)

@@ -20,6 +20,9 @@ TILE = 16
 MIN_TOP_DAYS = 10.0
 #: refinement passes of a side's base (see :func:`_floor`)
 BASE_PASSES = 2
+#: the peak date is the centre of the curve's top: the values within this fraction of the amplitude below the
+#: maximum (see :func:`treemap.phenology._cycle_kernels._analyse`)
+PEAK_CENTRE_FRACTION = 0.1
 
 # rows of the float output
 GREENUP, MIDGREENUP, MATURITY, PEAK, SENESCENCE, MIDGREENDOWN, DORMANCY = range(7)

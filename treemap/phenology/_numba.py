@@ -26,6 +26,10 @@ Blocks are spread over threads with ``prange``, in chunks of consecutive blocks.
 :mod:`treemap.phenology._numpy` implements the same steps in the same order with NumPy, with the same float32
 arithmetic in the smoother; keep the two in step.
 
+numba's cache checks only the source file of the function it compiles, and :func:`_chunk` here has the kernels of
+the other modules compiled into it: after editing one of them, delete ``treemap/phenology/__pycache__/*.nb[ic]``
+(a fresh install or checkout has no stale cache).
+
 Where each part lives: the shared constants, output rows, QA codes and numba options in
 :mod:`treemap.phenology._jit`; the block kernels (gather, smoother, robust step, clear-observation bits) in
 :mod:`treemap.phenology._block_kernels`; the per-pixel cycle analysis in :mod:`treemap.phenology._cycle_kernels`;
@@ -44,14 +48,14 @@ from treemap.phenology._block_kernels import (_clear_bits, _count, _first_clear,
 from treemap.phenology._cycle_kernels import _analyse, _block_minmax
 from treemap.phenology._jit import (_ONE, _ZERO, AMPLITUDE, BASE_PASSES, DORMANCY, F15, F50, F90, FAR, GREENUP,
                                     LANES, MAD_TO_SIGMA, MATURITY, MIDGREENDOWN, MIDGREENUP, MIN_TOP_DAYS, MINIMUM,
-                                    N_FLOAT, NEXT_GREENUP, PEAK, PEAK_VALUE, PREFETCH_ROWS, QA_FEW_OBSERVATIONS,
-                                    QA_GAP, QA_GOOD, QA_NO_CYCLE, QA_PARTIAL, SCALE_FLOOR, SEASON_LENGTH, SENESCENCE,
-                                    SUB_LANES, TILE)
+                                    N_FLOAT, NEXT_GREENUP, PEAK, PEAK_CENTRE_FRACTION, PEAK_VALUE, PREFETCH_ROWS,
+                                    QA_FEW_OBSERVATIONS, QA_GAP, QA_GOOD, QA_NO_CYCLE, QA_PARTIAL, SCALE_FLOOR,
+                                    SEASON_LENGTH, SENESCENCE, SUB_LANES, TILE)
 
 #: the driver and the public constants, re-exported for the modules that read them as ``_numba.NAME``
 #: (:mod:`treemap.phenology._core`, :mod:`treemap.phenology._numpy`)
 __all__ = [
-    "LANES", "SUB_LANES", "TILE", "MIN_TOP_DAYS", "BASE_PASSES", "PREFETCH_ROWS",
+    "LANES", "SUB_LANES", "TILE", "MIN_TOP_DAYS", "BASE_PASSES", "PEAK_CENTRE_FRACTION", "PREFETCH_ROWS",
     "GREENUP", "MIDGREENUP", "MATURITY", "PEAK", "SENESCENCE", "MIDGREENDOWN", "DORMANCY",
     "MINIMUM", "PEAK_VALUE", "AMPLITUDE", "SEASON_LENGTH", "NEXT_GREENUP", "N_FLOAT",
     "QA_GOOD", "QA_FEW_OBSERVATIONS", "QA_NO_CYCLE", "QA_PARTIAL", "QA_GAP",

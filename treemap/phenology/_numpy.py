@@ -446,7 +446,10 @@ def _chosen(z, kk, ext, n_ext, e, kf, kl, xpk, zpk, bl, br, okl, okr, w0, grid, 
     zp = _take(z, p)
     if pf > 0.0:
         top = _top(z, kk, tl, tr, zp - pf * (zp - mn))
-    out[K.PEAK] = doy_a + step * xpk
+    centre_lim = zp - K.PEAK_CENTRE_FRACTION * (zp - mn)
+    x_up, _k = _rise(z, kk, tl, p, centre_lim, xpk)
+    x_down, _k = _fall(z, kk, p, tr, centre_lim, xpk)
+    out[K.PEAK] = doy_a + step * 0.5 * (x_up + x_down)
     out[K.PEAK_VALUE] = top
     out[K.MINIMUM] = mn
     out[K.AMPLITUDE] = top - mn
@@ -461,6 +464,9 @@ def _chosen(z, kk, ext, n_ext, e, kf, kl, xpk, zpk, bl, br, okl, okr, w0, grid, 
         x, k0 = _fall(z, kk, p, k0, br + f * amp, xpk)
         out[row] = np.where(okr, doy_a + step * x, np.nan)
     qa = np.where(okl & okr, K.QA_GOOD, K.QA_PARTIAL).astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        out[K.PEAK] = np.where(out[K.PEAK] < out[K.MATURITY], out[K.MATURITY], out[K.PEAK])
+        out[K.PEAK] = np.where(out[K.PEAK] > out[K.SENESCENCE], out[K.SENESCENCE], out[K.PEAK])
     out[K.SEASON_LENGTH] = out[K.DORMANCY] - out[K.GREENUP]
     nxt = e + 2 < n_ext
     if nxt.any():

@@ -26,7 +26,7 @@ METRIC_DESCRIPTIONS: tuple[str, ...] = (
     "Greenup: day of year the index first crosses 15 % of the cycle amplitude",
     "MidGreenup: day of year the index first crosses 50 % of the cycle amplitude",
     "Maturity: day of year the index first crosses 90 % of the cycle amplitude",
-    "Peak: day of year of the index maximum",
+    "Peak: day of year of the centre of the index top",
     "Senescence: day of year the index last crosses 90 % of the cycle amplitude",
     "MidGreendown: day of year the index last crosses 50 % of the cycle amplitude",
     "Dormancy: day of year the index last crosses 15 % of the cycle amplitude",
