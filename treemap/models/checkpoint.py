@@ -194,21 +194,26 @@ def save_model(model: GeoTreeCLIP, card: ModelCard, path: str | os.PathLike) -> 
 
     The card's config and normalisation are taken from the model, so the two cannot disagree.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise OutputError(f"model files are written as .safetensors, not {path.name}")
     fresh = ModelCard.for_model(model)
     card = dataclasses.replace(card, config=fresh.config, normalisation=fresh.normalisation,
                                statistics=fresh.statistics)
+    return write_safetensors(model, path, {CARD_KEY: card.to_json()})
+
+
+def write_safetensors(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> Path:
+    """Write ``model``'s state dict with ``metadata`` to ``path`` under a temporary name, then rename it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if not path.parent.is_dir():
         raise OutputError(f"cannot write model file {path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata={CARD_KEY: card.to_json(), "format": "pt"})
+        save_file(tensors, str(tmp), metadata={**metadata, "format": "pt"})
         os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:
         raise OutputError(f"cannot write model file {path}: {_one_line(exc)}") from exc
@@ -216,6 +221,18 @@ def save_model(model: GeoTreeCLIP, card: ModelCard, path: str | os.PathLike) -> 
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`ModelError` messages: a file that holds
+    objects other than tensors is refused without running any of its code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"{path} holds objects other than tensors and was refused (weights-only load): "
+                         f"{_one_line(exc)}") from exc
+    except Exception as exc:  # torch reports corrupt archives with several exception types
+        raise ModelError(f"{path} is not a readable torch checkpoint: {_one_line(exc)}") from exc
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -338,13 +355,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> GeoTreeCLIPConfig:
 
 
 def _load_official(path: Path, config: GeoTreeCLIPConfig | None) -> tuple[GeoTreeCLIP, ModelCard]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(f"{path} holds objects other than tensors and was refused (weights-only load): "
-                         f"{_one_line(exc)}") from exc
-    except Exception as exc:  # torch reports corrupt archives with several exception types
-        raise ModelError(f"{path} is not a readable torch checkpoint: {_one_line(exc)}") from exc
+    obj = load_weights_only(path)
     state = _state_dict_of(obj, path)
     if config is None:
         try:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from treemap.errors import ModelError, OutputError
+from treemap.models.checkpoint import _one_line, _sniff, load_weights_only, write_safetensors
 from treemap.phenology.tile import BAND_ORDER
 
 SECO_KEY = "treemap_seco"
@@ -302,33 +302,13 @@ class SecoCard:
         return card
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def save_seco(model: SecoModel, path: str | os.PathLike, notes: str = "") -> Path:
     """Write ``model`` (weights, config, channel order, statistics) to a ``.safetensors`` file atomically."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise OutputError(f"SeCo models are written as .safetensors, not {path.name}")
-    if not path.parent.is_dir():
-        raise OutputError(f"cannot write model file {path}: folder {path.parent} does not exist")
     card = SecoCard(config=model.config.to_dict(), mean=model.stats.mean, std=model.stats.std, notes=notes)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={SECO_KEY: card.to_json(), "format": "pt"})
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as exc:
-        raise OutputError(f"cannot write model file {path}: {_one_line(exc)}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_safetensors(model, path, {SECO_KEY: card.to_json()})
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -424,18 +404,10 @@ def import_resnet50(path: str | os.PathLike, config: SecoConfig = SecoConfig(), 
     read with ``weights_only=True``, or ``.safetensors``); the projection heads are random (seeded)."""
     path = Path(path)
     _check_file(path)
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 27):
+    if _sniff(path) == "safetensors":
         state, _ = _read_safetensors(path)
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ModelError(f"{path} holds objects other than tensors and was refused (weights-only load): "
-                             f"{_one_line(exc)}") from exc
-        except Exception as exc:  # torch reports corrupt archives with several exception types
-            raise ModelError(f"{path} is not a readable torch checkpoint: {_one_line(exc)}") from exc
+        state = load_weights_only(path)
     backbone = backbone_state(state, path)
     model = random_seco(config, stats, seed)
     _load_strict(model.backbone, backbone, path, "torchvision-layout ResNet backbone")
