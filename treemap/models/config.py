@@ -33,8 +33,26 @@ def _floats(value, n: int, name: str) -> tuple[float, ...] | None:
     return out
 
 
+class JsonConfig:
+    """``to_dict`` / ``from_dict`` for frozen config dataclasses stored as JSON in model files."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 @dataclass(frozen=True)
-class GeoTreeCLIPConfig:
+class GeoTreeCLIPConfig(JsonConfig):
     """Architecture sizes plus the input normalisation.
 
     ``normalisation="batch"`` reproduces the official per-batch min/max scaling; ``"fixed"`` scales with the per-band
@@ -134,16 +152,3 @@ class GeoTreeCLIPConfig:
         return dataclasses.replace(self, normalisation=mode, band_min=band_min, band_max=band_max,
                                    aux_min=aux_min, aux_max=aux_max)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GeoTreeCLIPConfig":
-        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from treemap.errors import ModelError, OutputError
 from treemap.models.checkpoint import _one_line, _sniff, load_weights_only, write_safetensors
+from treemap.models.config import JsonConfig
 from treemap.phenology.tile import BAND_ORDER
 
 SECO_KEY = "treemap_seco"
@@ -65,7 +66,7 @@ head (``fc``), a MoCo key encoder and queue, SeCo projections."""
 
 # -- config -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SecoConfig:
+class SecoConfig(JsonConfig):
     """Sizes of a SeCo-Eco model. The defaults are ResNet-50 with 9 input channels and MoCo v2 projections."""
 
     in_channels: int = len(CHANNELS)
@@ -97,17 +98,6 @@ class SecoConfig:
                     projection_dim=32)
         return cls(**{**base, **overrides})
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SecoConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown SeCo config fields {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)
