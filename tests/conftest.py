@@ -25,3 +25,64 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's cache: the default demo world lives under a session temp folder."""
     cache = os.environ.get("TREEMAP_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache")
     monkeypatch.setenv("TREEMAP_CACHE", cache)
+
+
+class SmallDisk:
+    """A real, size-limited filesystem (tmpfs) mounted for one test, and a filler file to set its free space."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.filler = root / "filler.bin"
+
+    def free(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def leave_free(self, nbytes: int) -> None:
+        """Grow or shrink the filler so that about ``nbytes`` (rounded down to 4 KiB pages) stay free."""
+        self.filler.unlink(missing_ok=True)
+        size = max(self.free() - nbytes, 0) // 4096 * 4096
+        with open(self.filler, "wb") as fh:
+            fh.truncate(0)
+            chunk = b"\0" * (1 << 20)
+            left = size
+            while left > 0:
+                left -= fh.write(chunk[: min(left, len(chunk))])
+
+    def leave_inodes(self, count: int) -> None:
+        """Create empty files until only ``count`` more files or folders can be created."""
+        self.release()
+        folder = self.root / "inode-filler"
+        folder.mkdir()
+        k = 0
+        while os.statvfs(self.root).f_favail > count:
+            (folder / str(k)).touch()
+            k += 1
+
+    def release(self) -> None:
+        import shutil
+
+        self.filler.unlink(missing_ok=True)
+        shutil.rmtree(self.root / "inode-filler", ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A fresh 8 MiB tmpfs at a temporary folder (skipped where this process may not mount one)."""
+    import subprocess
+
+    def mount(size: str = "8m", inodes: int | None = None) -> SmallDisk:
+        root = tmp_path / f"disk-{len(mounted)}"
+        root.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (f",nr_inodes={inodes}" if inodes else ""),
+                               "tmpfs", str(root)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}): needs root")
+        mounted.append(root)
+        return SmallDisk(root)
+
+    mounted: list[Path] = []
+    yield mount
+    for root in mounted:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)

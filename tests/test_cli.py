@@ -99,3 +99,32 @@ def test_empty_intersection_with_catalog(tmp_path, aoi_file):
 def test_bad_date_format(tmp_path, aoi_file):
     proc = run_cli("predict", "--aoi", aoi_file, "--catalog", "demo", "--start", "2022-13-01")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "2022-13-01" in proc.stderr
+
+
+@pytest.mark.parametrize("device, fragment", [("bogus", "unknown --device 'bogus'"),
+                                              ("cuda:x", "unknown --device 'cuda:x'"),
+                                              ("tpu", "unknown --device 'tpu'")])
+def test_bad_device_is_one_line(aoi_file, tmp_path, device, fragment):
+    proc = run_cli("predict", "--aoi", aoi_file, "--catalog", "demo", "--out", tmp_path / "o", "--device", device)
+    assert proc.returncode == 2
+    assert_clean_failure(proc, tmp_path / "o", fragment)
+    assert "this machine has: cpu" in proc.stderr
+
+
+def test_cuda_without_cuda_names_the_devices(aoi_file, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for command in (["predict", "--aoi", aoi_file, "--catalog", "demo", "--out", tmp_path / "o"],
+                    ["fewshot", "--points", aoi_file, "--model", "demo", "--out", tmp_path / "h.safetensors"]):
+        proc = run_cli(*command, "--device", "cuda")
+        assert proc.returncode == 2
+        assert_clean_failure(proc, tmp_path / "o", "CUDA is not available on this machine (it has: cpu")
+
+
+def test_demo_refuses_a_negative_seed(tmp_path):
+    proc = run_cli("demo", "--seed", "-1", "--out", tmp_path / "w")
+    assert proc.returncode == 2
+    assert_clean_failure(proc, None, "-1")
+    assert not (tmp_path / "w").exists()

@@ -13,7 +13,7 @@ from treemap.aoi import AOI
 from treemap.composite import clear_mask, harmonise, mask_reflectance, monthly_composites, mosaic_first_valid
 from treemap.cube import MODEL_BANDS, TileCube
 from treemap.grid import plan_tiles, to_crs
-from treemap.run import scenes_for_tile
+from treemap.grid import scenes_for_tile
 from treemap.stac import Query, open_catalog
 
 

@@ -154,3 +154,20 @@ def test_search_window_and_encoding():
     assert enc[2, :3].tolist() == [100, 180, 300]  # green-down side: last whole day at or above
     assert enc[1, 1] in (180, 181) and enc[3, 3] == 4322 and enc[4, 4] == 0
     assert (enc[:, 5] == NODATA_I16).all()
+
+
+def test_phenology_never_imports_torch(small_world, aoi, tmp_path):
+    """A phenology run in a fresh interpreter leaves torch (and the model stack) unimported."""
+    code = (
+        "import sys\n"
+        "from treemap.phenology_run import PhenologyRequest, run_phenology\n"
+        f"run_phenology(PhenologyRequest(aoi={str(aoi)!r}, out={str(tmp_path / 'o')!r}, year=2022, "
+        f"catalog={str(small_world.catalog)!r}, tile_size=100, workers=1))\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'treemap.models', "
+        "'treemap.infer')))\n"
+        "print(loaded)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert (tmp_path / "o" / "phenology.tif").exists()

@@ -166,7 +166,7 @@ def test_predict_on_a_scheduler_matches_the_serial_run(small_world, aoi, schedul
     from distributed import Client
 
     def loads():
-        from treemap.run import _predictors
+        from treemap.infer import predictors as _predictors
 
         return _predictors.loads
 
@@ -234,7 +234,7 @@ def test_cluster_spec():
     for bad in ("nonsense", "tcp://host-without-port", "foo://1.2.3.4:5"):
         with pytest.raises(ClusterError, match="invalid dask scheduler address"):
             scheduler_address(bad)
-    with pytest.raises(ClusterError, match="cannot read the scheduler file"):
+    with pytest.raises(ClusterError, match="dask scheduler file not found"):
         scheduler_address("/nonexistent/scheduler.json")
 
 

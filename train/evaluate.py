@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import logging
 import random
 import sys
@@ -34,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from treemap.errors import TreemapError
+from treemap.documents import read_csv_rows
+from treemap.errors import SpeciesListError, TreemapError
 from treemap.shards import Sample, list_shards, read_shard
 from treemap.taxonomy import SpeciesList, Taxon, load_species_list
 
@@ -52,13 +52,11 @@ class EvalSet:
 
 def read_categories(path: str | Path) -> dict[str, str]:
     """``level3_species`` (or ``species``) -> ``Category`` of a species list CSV; empty without that column."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        col = next((c for c in ("level3_species", "species") if c in header), None)
-        if col is None or "Category" not in header:
-            return {}
-        return {row[col].strip(): row["Category"].strip() for row in reader if row.get(col)}
+    header, rows = read_csv_rows(path, what="species list", error=SpeciesListError)
+    col = next((c for c in ("level3_species", "species") if c in header), None)
+    if col is None or "Category" not in header:
+        return {}
+    return {row[col].strip(): row["Category"].strip() for row in rows if row.get(col)}
 
 
 def load_eval_set(shards, species_csv: str | Path | None = None) -> EvalSet:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from treemap.errors import ModelError, OutputError, TreemapError
+from treemap.errors import ModelError, OutputError, SecoDataError, TreemapError
 from treemap.models.seco import (
     ChannelStats, SecoConfig, SecoModel, compute_stats, random_seco, raw_channels, save_seco, to_input,
 )
@@ -62,10 +62,6 @@ SCALE = 1e-4
 LOW_NDVI = 0.1
 LOW_NDVI_WEIGHT = 0.25
 CHECKPOINT_VERSION = 1
-
-
-class SecoDataError(TreemapError):
-    """The seasonal composites cannot be used for SeCo-Eco pretraining."""
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -391,12 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         patches = read_patches(args.composites, args.patch_size, args.stride, args.min_valid)
         log.info("%d locations from %s", len(patches), args.composites)
         train(patches, config, SecoConfig.tiny() if args.tiny else SecoConfig(), args.out)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except TreemapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(Path(args.out) / "seco.safetensors")
     return 0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +10,7 @@ import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from treemap.documents import read_json
 from treemap.errors import AOIError
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
@@ -30,66 +31,73 @@ class AOI:
         return shapely.geometry.mapping(self.geometry)
 
 
-def _geometries(doc: object, source: str) -> list[dict]:
+def _geometries(doc: object, source: str, label: str = "") -> list[tuple[str, dict]]:
+    """The geometries of a GeoJSON object, each with where it sits (" (feature 2)") for messages."""
     if not isinstance(doc, dict) or "type" not in doc:
-        raise AOIError(f"{source}: not a GeoJSON object (no 'type' member)")
+        raise AOIError(f"{source}{label}: not a GeoJSON object (no 'type' member)")
     kind = doc["type"]
-    if kind == "FeatureCollection":
-        features = doc.get("features")
-        if not isinstance(features, list) or not features:
-            raise AOIError(f"{source}: FeatureCollection has no features")
-        out: list[dict] = []
-        for feature in features:
-            out.extend(_geometries(feature, source))
+    if kind in ("FeatureCollection", "GeometryCollection"):
+        key, item = ("features", "feature") if kind == "FeatureCollection" else ("geometries", "geometry")
+        members = doc.get(key)
+        if not isinstance(members, list) or not members:
+            raise AOIError(f"{source}{label}: {kind} has no {key}" + (
+                f" ('{key}' is {type(members).__name__}, not a list)" if members is not None and
+                not isinstance(members, list) else ""))
+        out: list[tuple[str, dict]] = []
+        for i, member in enumerate(members, start=1):
+            inner = f"{label[:-1]}, {item} {i})" if label else f" ({item} {i})"
+            out.extend(_geometries(member, source, inner if len(members) > 1 else label))
         return out
     if kind == "Feature":
         geometry = doc.get("geometry")
         if geometry is None:
-            raise AOIError(f"{source}: Feature has no geometry")
-        return _geometries(geometry, source)
-    if kind == "GeometryCollection":
-        return [g for sub in doc.get("geometries", []) for g in _geometries(sub, source)]
-    return [doc]
+            raise AOIError(f"{source}{label}: Feature has no geometry")
+        return _geometries(geometry, source, label)
+    return [(label, doc)]
+
+
+def _polygon(geom: dict, source: str, label: str) -> BaseGeometry:
+    """One Polygon or MultiPolygon, checked: not empty, in longitude/latitude, valid."""
+    kind = geom.get("type")
+    if kind not in _POLYGONAL:
+        raise AOIError(f"{source}{label}: geometry type {kind} is not a Polygon or MultiPolygon")
+    try:
+        polygon = shape(geom)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, shapely.errors.GEOSException) as exc:
+        why = f"no {exc} member" if isinstance(exc, KeyError) else str(exc)
+        raise AOIError(f"{source}{label}: invalid {kind} coordinates ({why})") from None
+    if polygon.is_empty:
+        raise AOIError(f"{source}{label}: the AOI polygon is empty (it has no coordinates)")
+    minx, miny, maxx, maxy = polygon.bounds
+    if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:
+        raise AOIError(f"{source}{label}: coordinates are not longitude/latitude (EPSG:4326); reproject the AOI")
+    if not polygon.is_valid:
+        if polygon.convex_hull.area == 0:
+            raise AOIError(f"{source}{label}: the AOI polygon has no area (its points lie on one line)")
+        reason = shapely.is_valid_reason(polygon)
+        match = re.fullmatch(r"(.*?)\[(\S+) (\S+)\]", reason)
+        what, at = (match.group(1), f" at lon {float(match.group(2)):.6g}, lat {float(match.group(3)):.6g}") \
+            if match else (reason, "")
+        what = "it is self-intersecting" if "self-intersection" in what.lower() else what[:1].lower() + what[1:]
+        raise AOIError(f"{source}{label}: the AOI polygon is not valid: {what}{at} (repair it, e.g. with QGIS "
+                       f"'Fix geometries' or shapely.make_valid)")
+    if polygon.area == 0:
+        raise AOIError(f"{source}{label}: the AOI polygon has no area")
+    return polygon
 
 
 def aoi_from_geojson(doc: object, source: str = "<memory>") -> AOI:
     """Validate a parsed GeoJSON document (Feature, FeatureCollection or Geometry) as an AOI."""
-    parts = []
-    for geom in _geometries(doc, source):
-        kind = geom.get("type")
-        if kind not in _POLYGONAL:
-            raise AOIError(f"{source}: geometry type {kind} is not a Polygon or MultiPolygon")
-        try:
-            parts.append(shape(geom))
-        except (ValueError, TypeError, AttributeError, IndexError, shapely.errors.GEOSException) as exc:
-            raise AOIError(f"{source}: invalid {kind} coordinates ({exc})") from exc
-    if not parts:
-        raise AOIError(f"{source}: no polygon in the GeoJSON")
-    geometry = shapely.union_all(parts) if len(parts) > 1 else parts[0]
-    if geometry.is_empty or geometry.area == 0:
-        raise AOIError(f"{source}: the AOI polygon is empty")
-    if not geometry.is_valid:
-        reason = shapely.is_valid_reason(geometry)
-        raise AOIError(f"{source}: the AOI polygon is not valid ({reason})")
-    minx, miny, maxx, maxy = geometry.bounds
-    if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:
-        raise AOIError(f"{source}: coordinates are not longitude/latitude (EPSG:4326); reproject the AOI")
+    parts = [_polygon(geom, source, label) for label, geom in _geometries(doc, source)]
+    try:
+        geometry = shapely.union_all(parts) if len(parts) > 1 else parts[0]
+    except shapely.errors.GEOSException as exc:
+        raise AOIError(f"{source}: the AOI polygons cannot be merged ({str(exc).splitlines()[0]})") from None
     return AOI(geometry=geometry, source=source)
 
 
 def read_aoi(path: str | Path) -> AOI:
-    """Read an AOI file; every problem becomes an AOIError with one line."""
+    """Read an AOI file; every problem becomes an AOIError with one line (AOINotFoundError for a missing file)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AOIError(f"AOI file not found: {path}") from None
-    except IsADirectoryError:
-        raise AOIError(f"AOI path is a folder, not a GeoJSON file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AOIError(f"cannot read AOI file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AOIError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    doc = read_json(path, what="AOI file", kind="GeoJSON", error=AOIError)
     return aoi_from_geojson(doc, source=str(path))

@@ -73,26 +73,47 @@ def _year_window(year, start, end):
 
 
 def _load_recipe(ctx, param, value):
-    """--recipe FILE: a YAML mapping of option names to values, used as defaults (command-line options win)."""
+    """--recipe FILE: a YAML mapping of option names to values, used as defaults (command-line options win). The
+    values are checked against the options' types (treemap.documents.read_recipe) before anything runs."""
     if value is None:
         return None
-    import yaml
+    import dataclasses
 
-    try:
-        doc = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read recipe {value}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise click.BadParameter(f"recipe {value} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise click.BadParameter(f"recipe {value} must be a mapping of option names to values")
-    known = {p.name for p in ctx.command.params}
-    defaults = {str(k).replace("-", "_"): v for k, v in doc.items()}
-    unknown = sorted(set(defaults) - known)
-    if unknown:
-        raise click.BadParameter(f"recipe {value} has unknown options: {', '.join(unknown)}")
+    from treemap.documents import read_recipe
+
+    names = {o.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for o in [p.name, *p.opts]}
+    recipe = read_recipe(value, _recipe_schema(ctx.command),
+                         prepare=lambda doc: {names.get(str(k).replace("-", "_"), k): v for k, v in doc.items()})
+    defaults = {k: v for k, v in dataclasses.asdict(recipe).items() if v is not None}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _recipe_schema(command: click.Command) -> type:
+    """A frozen dataclass with a field per option of ``command``, typed after the option (None: not given)."""
+    import dataclasses
+    from typing import Annotated, Any, Literal
+
+    from treemap.documents import Interval
+
+    fields = []
+    for p in command.params:
+        if p.name == "recipe" or not isinstance(p, click.Option):
+            continue
+        kind = p.type
+        if isinstance(kind, (click.IntRange, click.FloatRange)):
+            tp = Annotated[int if isinstance(kind, click.IntRange) else float, Interval(
+                gt=kind.min if kind.min_open else None, ge=None if kind.min_open else kind.min,
+                lt=kind.max if kind.max_open else None, le=None if kind.max_open else kind.max)]
+        elif isinstance(kind, click.Choice):
+            tp = Literal[tuple(kind.choices)]
+        else:
+            tp = next((t for cls, t in ((click.types.BoolParamType, bool), (click.types.IntParamType, int),
+                                        (click.types.FloatParamType, float), (_DateType, date),
+                                        (click.Path, str), (click.types.StringParamType, str))
+                       if isinstance(kind, cls)), Any)
+        fields.append((p.name, tuple[tp, ...] if p.multiple else tp, dataclasses.field(default=None)))
+    return dataclasses.make_dataclass(f"{command.name.title()}Recipe", fields, frozen=True)
 
 
 def _cluster_options(command):
@@ -193,7 +214,8 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
 
 
 @cli.command()
-@click.option("--seed", default=0, show_default=True, type=int, help="World seed (layout, clouds, phenology).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="World seed (layout, clouds, phenology): 0 to 4294967295.")
 @click.option("--out", "out", type=click.Path(path_type=Path),
               help="Folder for the world (default: the cache used by --catalog demo).")
 def demo(seed, out):
@@ -232,7 +254,7 @@ def search(aoi, start, end, year, catalog, max_cloud, as_json):
     start, end = date_window(start, end, default_year)
     area = read_aoi(aoi)
     source = open_catalog(catalog)
-    scenes = source.search(Query(area.bounds, start, end, max_cloud))
+    scenes = source.search(Query(area.bounds, start, end, max_cloud, geometry=area.geometry))
     if not scenes:
         raise NoScenesError(f"no Sentinel-2 L2A scenes in {source.name} for the AOI between {start} and {end}"
                             + (f" with at most {max_cloud:g} % cloud" if max_cloud < 100 else ""))
@@ -281,7 +303,9 @@ def extract(points, out, catalog, recipe, as_json):
 def fewshot(points, model_ref, catalog, kind, year, taxonomy, out, batch_size, device, as_json):
     """Fit a few-shot species head from labelled points; use it with `predict --head`."""
     from treemap.fewshot import FewShotRequest, fit_from_points
+    from treemap.infer import check_device
 
+    check_device(device)
     result = fit_from_points(FewShotRequest(points=points, model=model_ref, catalog=catalog, kind=kind, out=out,
                                             year=year, taxonomy=taxonomy, batch_size=batch_size, device=device))
     click.echo(json.dumps(result.to_json()) if as_json else str(result.head))

@@ -42,12 +42,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import torch
 
-from treemap.errors import TreemapError
+from treemap.documents import FieldError, Ge, Interval, read_recipe, resolve_path
+from treemap.errors import ExtractError
 from treemap.models.config import AUX_VARIABLES
 from treemap.points import Point, PointsError, Skipped  # noqa: F401 (PointsError: re-exported for callers)
 from treemap.points import read_points as _read_points
@@ -62,9 +63,6 @@ MANIFEST = "extract.json"
 REPORT = "report.json"
 FORMAT_VERSION = 1
 
-class ExtractError(TreemapError):
-    """An extraction cannot run: invalid recipe, or an output folder that belongs to another extraction."""
-
 
 # -- options ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ class Compositing:
     ``max_cloud``: leave out scenes whose cloud cover (metadata, percent) is above it."""
 
     scl_mask: bool = True
-    max_cloud: float = 100.0
+    max_cloud: Annotated[float, Interval(ge=0, le=100)] = 100.0
 
     @classmethod
     def preset(cls, name: str) -> "Compositing":
@@ -89,18 +87,18 @@ class AuxSource:
     """One auxiliary variable read from band ``band`` of a raster, times ``scale``."""
 
     path: str
-    band: int = 1
+    band: Annotated[int, Ge(1)] = 1
     scale: float = 1.0
 
 
 @dataclass(frozen=True)
 class ExtractOptions:
     compositing: Compositing = Compositing()
-    shard_size: int = 1000
-    window_px: int = 512
+    shard_size: Annotated[int, Ge(1)] = 1000
+    window_px: Annotated[int, Ge(1)] = 512
     auxiliary: dict[str, AuxSource] = field(default_factory=dict)
     taxonomy: str | None = None  # species-list CSV giving level0 (and family/genus) per species
-    default_year: int | None = None  # for rows without a year
+    default_year: Annotated[int, Interval(ge=2015, le=2100)] | None = None  # for rows without a year
 
     def __post_init__(self):
         if self.shard_size < 1 or self.window_px < 1:
@@ -121,7 +119,7 @@ class ExtractOptions:
 
 
 def load_recipe(path: str | Path) -> ExtractOptions:
-    """Extraction options from a YAML recipe::
+    """Extraction options from a YAML recipe (the mapping itself, or its ``extract`` section)::
 
         compositing: treemap          # or paper, or {scl_mask: false, max_cloud: 30}
         shard_size: 1000
@@ -131,50 +129,32 @@ def load_recipe(path: str | Path) -> ExtractOptions:
         auxiliary:                    # variable -> raster (paths relative to the recipe)
           elevation: srtm.tif
           bio01: {path: wc_bio.tif, band: 1, scale: 1.0}
+
+    A missing or invalid recipe raises :class:`~treemap.errors.RecipeError` naming the field.
     """
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ExtractError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ExtractError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ExtractError(f"recipe {path} is not a mapping")
-    data = data.get("extract", data)
-    known = {"compositing", "shard_size", "window_px", "auxiliary", "taxonomy", "default_year"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ExtractError(f"recipe {path}: unknown keys {unknown}")
+    options = read_recipe(path, ExtractOptions, prepare=_recipe_shorthands)
     base = path.parent
+    return dataclasses.replace(
+        options, taxonomy=resolve_path(options.taxonomy, base) if options.taxonomy else None,
+        auxiliary={k: dataclasses.replace(v, path=resolve_path(v.path, base)) for k, v in options.auxiliary.items()})
 
-    def resolve(p: str) -> str:
-        q = Path(str(p)).expanduser()
-        return str(q if q.is_absolute() or "://" in str(p) else (base / q))
 
-    comp = data.get("compositing", "treemap")
-    if isinstance(comp, str):
-        compositing = Compositing.preset(comp)
-    elif isinstance(comp, dict):
-        compositing = Compositing(**comp)
-    else:
-        raise ExtractError(f"recipe {path}: compositing must be 'treemap', 'paper' or a mapping")
-    aux = {}
-    for name, spec in (data.get("auxiliary") or {}).items():
-        if isinstance(spec, str):
-            aux[name] = AuxSource(resolve(spec))
-        elif isinstance(spec, dict) and "path" in spec:
-            aux[name] = AuxSource(resolve(spec["path"]), int(spec.get("band", 1)), float(spec.get("scale", 1.0)))
-        else:
-            raise ExtractError(f"recipe {path}: auxiliary {name} needs a raster path or {{path, band, scale}}")
-    return ExtractOptions(
-        compositing=compositing, shard_size=int(data.get("shard_size", 1000)),
-        window_px=int(data.get("window_px", 512)), auxiliary=aux,
-        taxonomy=resolve(data["taxonomy"]) if data.get("taxonomy") else None,
-        default_year=int(data["default_year"]) if data.get("default_year") is not None else None,
-    )
+def _recipe_shorthands(data: dict) -> dict:
+    """An ``extract`` section, a compositing preset name and a bare raster path as their mappings."""
+    data = data.get("extract", data)
+    if not isinstance(data, dict):
+        raise FieldError("extract", "must be a mapping of extraction options")
+    data = dict(data)
+    comp = data.get("compositing")
+    if comp is not None and not isinstance(comp, dict):
+        if comp not in ("treemap", "paper"):
+            raise FieldError("compositing", f"must be 'treemap', 'paper' or a mapping {{scl_mask, max_cloud}} "
+                                            f"(got {comp!r})")
+        data["compositing"] = dataclasses.asdict(Compositing.preset(comp))
+    if isinstance(data.get("auxiliary"), dict):
+        data["auxiliary"] = {k: {"path": v} if isinstance(v, str) else v for k, v in data["auxiliary"].items()}
+    return data
 
 
 def resolve_options(recipe: str | Path | None = None, *, compositing: str | None = None,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from treemap.cache import cache_root, file_sha256
+from treemap.documents import check_file, read_json, read_text
 from treemap.errors import ModelError
 from treemap.extract import ExtractOptions, PointsError, extract_points
 from treemap.heads import HEAD_KINDS, fit_head, save_head
@@ -63,25 +64,23 @@ class FewShotResult:
 
 def geojson_to_csv(path: Path, target: Path) -> Path:
     """Write the Point features of a GeoJSON file as a points CSV (longitude, latitude, properties)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PointsError(f"cannot read points file {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise PointsError(f"points file {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    doc = read_json(path, what="points file", kind="GeoJSON", error=PointsError)
     features = doc.get("features") if isinstance(doc, dict) and doc.get("type") == "FeatureCollection" else \
         [doc] if isinstance(doc, dict) and doc.get("type") == "Feature" else None
-    if features is None:
+    if not isinstance(features, list):
         raise PointsError(f"points file {path} is not a GeoJSON Feature or FeatureCollection")
     rows = []
     for n, feat in enumerate(features, start=1):
-        geom = (feat or {}).get("geometry") or {}
-        props = (feat or {}).get("properties") or {}
+        geom = feat.get("geometry") if isinstance(feat, dict) else None
+        props = feat.get("properties") if isinstance(feat, dict) else None
+        geom, props = geom if isinstance(geom, dict) else {}, props if isinstance(props, dict) else {}
         coords = [geom.get("coordinates")] if geom.get("type") == "Point" else \
             geom.get("coordinates") if geom.get("type") == "MultiPoint" else None
         if not coords:
             raise PointsError(f"points file {path}: feature {n} is not a Point (few-shot labels are points)")
         for c in coords:
+            if not (isinstance(c, list) and len(c) >= 2 and all(isinstance(v, (int, float)) for v in c[:2])):
+                raise PointsError(f"points file {path}: feature {n} has no [longitude, latitude] coordinates")
             row = {"longitude": c[0], "latitude": c[1]}
             row.update({k: props[k] for k in _PROPERTY_COLUMNS if props.get(k) not in (None, "")})
             rows.append(row)
@@ -127,7 +126,7 @@ def _samples(request: FewShotRequest, points_csv: Path):
 def fit_from_points(request: FewShotRequest) -> FewShotResult:
     """Extract, encode, fit and save a head; see the module docstring."""
     from treemap.infer import InferenceSpec
-    from treemap.run import resolve_model
+    from treemap.infer import resolve_model
 
     if request.kind not in HEAD_KINDS:
         raise ModelError(f"unknown head kind {request.kind!r}: use {' or '.join(HEAD_KINDS)}")
@@ -135,11 +134,12 @@ def fit_from_points(request: FewShotRequest) -> FewShotResult:
     if not out.parent.is_dir():
         raise ModelError(f"folder {out.parent} for the head file does not exist")
     model, _, model_key = resolve_model(request.model)
-    points = Path(request.points)
-    if not points.is_file():
-        raise PointsError(f"points file {points} does not exist")
+    points = check_file(request.points, what="points file", error=PointsError)
+    if request.taxonomy is not None:
+        check_file(request.taxonomy, what="taxonomy list", kind="CSV", error=PointsError)
     if points.suffix.lower() in (".geojson", ".json"):
-        text_digest = hashlib.sha256(points.read_bytes()).hexdigest()[:16]
+        text = read_text(points, what="points file", kind="GeoJSON", error=PointsError)
+        text_digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
         points = geojson_to_csv(points, cache_root() / "fewshot" / "points" / f"{text_digest}.csv")
     images, aux, taxa, skipped = _samples(request, points)
     if not images:

@@ -151,3 +151,25 @@ def pixel_centres_lonlat(tile: Tile):
     transformer = Transformer.from_crs(CRS.from_epsg(tile.epsg), CRS.from_epsg(4326), always_xy=True)
     lon, lat = transformer.transform(gx, gy)
     return np.stack([lon, lat]).astype(np.float32)
+
+
+def scenes_for_tile(scenes: list, tile: Tile) -> list:
+    """The scenes (anything with a lon/lat ``bbox``) whose footprint box meets the tile's read bounds."""
+    w, s, e, n = lonlat_bbox(tile.read_bounds, tile.epsg)
+    return [sc for sc in scenes if sc.bbox[0] <= e and w <= sc.bbox[2] and sc.bbox[1] <= n and s <= sc.bbox[3]]
+
+
+def core_mask(tile: Tile, local_aoi):
+    """(H, W) bool over the tile's core: True for pixels whose centre lies in the AOI (in the plan's CRS)."""
+    from rasterio.features import geometry_mask
+    from rasterio.transform import from_origin
+
+    x0, _, _, y1 = tile.core_bounds
+    return geometry_mask([local_aoi], out_shape=(tile.height, tile.width), invert=True,
+                         transform=from_origin(x0, y1, tile.resolution, tile.resolution))
+
+
+def core_index(tile: Tile) -> tuple[slice, ...]:
+    """Index of a tile's core pixels in a (T, bands, H, W) block of its halo-padded read grid."""
+    return (slice(None), slice(None), slice(tile.halo, tile.halo + tile.height),
+            slice(tile.halo, tile.halo + tile.width))

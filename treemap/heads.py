@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from treemap.documents import check_file
 from treemap.errors import ModelError
 from treemap.models.geotreeclip import LOGIT_SCALE
 from treemap.taxonomy import SpeciesList, Taxon
@@ -169,9 +170,7 @@ def load_head(path: str | os.PathLike) -> Head:
     """Read a head file; a bad file raises :class:`ModelError` with a one-line reason."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"head file {path} does not exist")
+    path = check_file(path, what="head file", kind="safetensors", error=ModelError)
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}

@@ -15,13 +15,13 @@ variable                        default  meaning
 ==============================  =======  ==========================================================================
 
 A raster asset that still cannot be read after GDAL's retries (404, a broken file, a server that stays down) is read
-as nodata: :class:`SkippingReader` logs a WARNING naming it, and records it (:func:`unreadable_assets`), so a run over
+as nodata: :class:`SkippingReader`, a reader for stackstac's public ``Reader`` protocol, records it
+(:func:`unreadable_assets`) and ``treemap.cube.TileCube`` logs a WARNING naming its scene and band, so a run over
 thousands of assets does not crash on one bad file.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -149,53 +149,118 @@ def clear_unreadable() -> None:
 
 
 def is_read_error(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is GDAL/rasterio failing to read a file (as opposed to a bug or a bad request)."""
-    if exc is None:
-        return False
+    """Whether ``exc``, or an exception it was raised from, is GDAL/rasterio failing on a file: a rasterio exception
+    (``rasterio.errors``, or one of the ``CPLE_*`` errors GDAL raises through rasterio) or an ``OSError``."""
     from rasterio.errors import RasterioError
 
-    try:
-        from rasterio._err import CPLE_BaseError
-    except ImportError:  # pragma: no cover - rasterio internals moved
-        CPLE_BaseError = RasterioError  # noqa: N806
-    return isinstance(exc, (RasterioError, CPLE_BaseError, OSError))
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (RasterioError, OSError)) or type(exc).__module__.split(".")[0] == "rasterio":
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    cause = exc
+    while cause.__cause__ is not None:  # stackstac wraps GDAL's error in a RuntimeError naming the URL
+        cause = cause.__cause__
+    text = str(cause).strip().splitlines()
+    return (text[0] if text else type(cause).__name__)[:300]
 
 
-@functools.lru_cache(maxsize=None)
-def skipping_reader():
-    """stackstac ``reader=`` class: stackstac's own reader, except that a file GDAL cannot open or read is read as
-    nodata and recorded (:func:`unreadable_assets`) instead of failing the whole computation."""
-    from stackstac.nodata_reader import NodataReader, nodata_for_window
-    from stackstac.rio_reader import AutoParallelRioReader
+def asset_fault(url: str, gdal_env=None) -> str | None:
+    """Why the raster at ``url`` cannot be stacked (cannot be opened, more than one band, no CRS or no
+    georeferencing), or None when it looks sound. Used to tell a broken file from a bug when reading it raised
+    something other than a GDAL error (e.g. an ``AttributeError`` inside stackstac for a file without a CRS)."""
+    import rasterio
 
-    class SkippingReader(AutoParallelRioReader):
-        def _skip(self, exc: RuntimeError) -> bool:
-            cause = exc.__cause__  # stackstac wraps GDAL's error in a RuntimeError naming the URL
-            if not is_read_error(cause):
-                return False
-            if record_unreadable(self.url, _short(cause)):
-                log.debug("cannot read %s: %s", self.url, _short(cause))
-            return True
+    if gdal_env is None:
+        import stackstac
 
-        def _open(self):
-            try:
-                return super()._open()
-            except RuntimeError as exc:
-                if self._skip(exc):
-                    return NodataReader(dtype=self.dtype, fill_value=self.fill_value)
-                raise
+        gdal_env = stackstac.DEFAULT_GDAL_ENV
+    try:
+        with gdal_env.open:
+            with rasterio.open(url) as ds:
+                if ds.count != 1:
+                    return f"{ds.count} bands, not 1"
+                if ds.crs is None:
+                    return "no CRS"
+                if ds.transform.is_identity:
+                    return "no georeferencing"
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the file's fault
+        return _short(exc)
+    return None
 
-        def read(self, window, **kwargs):
-            try:
-                return super().read(window, **kwargs)
-            except RuntimeError as exc:
-                if self._skip(exc):
-                    return nodata_for_window(window, self.fill_value, self.dtype)
-                raise
 
-    return SkippingReader
+class SkippingReader:
+    """A stackstac ``Reader`` (``stackstac.stack(..., reader=SkippingReader)``) that reads like stackstac's own
+    ``AutoParallelRioReader``, which it wraps, except that an asset that cannot be read is read as nodata and
+    recorded (:func:`unreadable_assets`) instead of failing the whole computation.
+
+    An exception from opening or reading the asset makes it unreadable when it is a GDAL/rasterio or OS error
+    (:func:`is_read_error`), or, whatever its class, when :func:`asset_fault` then finds the file broken; anything
+    else (a bug) propagates. An asset that fails before any of its reads succeeded is nodata for its later windows
+    too, without trying again (GDAL has already retried); after a successful read, a failure affects its window only.
+
+    Only stackstac's public reader interface is used (``read``, ``close``, ``__getstate__``); the pickled state is
+    the wrapped reader's, so dask can ship readers to threads, processes and machines.
+    """
+
+    def __init__(self, *, url: str, spec, resampling, dtype, fill_value, scale_offset, gdal_env=None,
+                 errors_as_nodata: tuple = ()) -> None:
+        from stackstac.rio_reader import AutoParallelRioReader
+
+        self.url = url
+        self.dtype = dtype
+        self.fill_value = fill_value
+        self.gdal_env = gdal_env
+        self._inner = AutoParallelRioReader(url=url, spec=spec, resampling=resampling, dtype=dtype,
+                                            fill_value=fill_value, scale_offset=scale_offset, gdal_env=gdal_env,
+                                            errors_as_nodata=errors_as_nodata)
+        self._lock = threading.Lock()
+        self._read_once = False
+        self._failed: str | None = None
+
+    def _nodata(self, window):
+        import numpy as np
+
+        return np.full((window.height, window.width), self.fill_value, self.dtype)
+
+    def _give_up(self, exc: Exception) -> str:
+        """The reason the asset is unreadable, recorded; re-raises ``exc`` when the file is not at fault."""
+        reason = _short(exc) if is_read_error(exc) else asset_fault(self.url, self.gdal_env)
+        if reason is None:
+            raise exc
+        if record_unreadable(self.url, reason):
+            log.debug("cannot read %s: %s (%s)", self.url, reason, type(exc).__name__)
+        return reason
+
+    def read(self, window, **kwargs):
+        if not self._read_once:
+            with self._lock:  # the first read opens the file: one thread tries, the others wait for its outcome
+                if self._failed is None and not self._read_once:
+                    try:
+                        data = self._inner.read(window, **kwargs)
+                    except Exception as exc:  # noqa: BLE001 - sorted by _give_up
+                        self._failed = self._give_up(exc)
+                        self._inner.close()
+                        return self._nodata(window)
+                    self._read_once = True
+                    return data
+        if self._failed is not None:
+            return self._nodata(window)
+        try:
+            return self._inner.read(window, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - sorted by _give_up
+            self._give_up(exc)
+            return self._nodata(window)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __getstate__(self) -> dict:
+        return self._inner.__getstate__()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)

@@ -1,17 +1,17 @@
 """Raster products: per-tile GeoTIFFs, their mosaic as Cloud-Optimized GeoTIFFs, band metadata and colour tables.
 
-Nothing is ever written at a final path directly: files are written under a temporary name in the same folder and
-renamed into place, so an interrupted run never leaves a partial product behind.
+Nothing is ever written at a final path directly: files are written under a temporary name in the same folder, run
+with GDAL errors raised, synced, read back, and only then renamed into place (:mod:`treemap.durable`), so an
+interrupted or failed write never leaves a partial raster behind. Whole product sets are staged and published by
+:mod:`treemap.publish`.
 """
 
 from __future__ import annotations
 
 import colorsys
-import json
 import math
-import os
 import uuid
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -19,6 +19,8 @@ import numpy as np
 import rasterio
 from rasterio.shutil import copy as gdal_copy
 
+from treemap.durable import (atomic_write_json, commit_raster, gdal_errors, replace, sync_file,
+                             temporary_sibling, write_error)
 from treemap.errors import OutputError
 from treemap.grid import Tile, TilePlan
 
@@ -84,22 +86,6 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
-def temporary_sibling(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
-@contextmanager
-def atomic_path(final: Path):
-    """Yield a temporary path next to ``final``; on success rename it into place, on failure remove it."""
-    tmp = temporary_sibling(final)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_tile_raster(path: Path, tile: Tile, data: np.ndarray, nodata: int | float = NODATA_U8) -> Path:
     """A plain tiled GeoTIFF of one tile's core (bands, H, W) in ``data``'s dtype, written atomically."""
     from rasterio.transform import from_origin
@@ -108,9 +94,14 @@ def write_tile_raster(path: Path, tile: Tile, data: np.ndarray, nodata: int | fl
     profile = dict(driver="GTiff", width=tile.width, height=tile.height, count=data.shape[0], dtype=data.dtype.name,
                    crs=f"EPSG:{tile.epsg}", transform=from_origin(x0, y1, tile.resolution, tile.resolution),
                    nodata=nodata, compress="deflate", tiled=True, blockxsize=256, blockysize=256)
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
+    tmp = temporary_sibling(path)
+    try:
+        with gdal_errors(path):
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data)
+        commit_raster(tmp, path, expected=data)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -157,8 +148,36 @@ def _vrt_xml(plan: TilePlan, sources: list[tuple[Tile, Path]], bands: list[dict]
     return "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class ProductSpec:
+    """One product of a job: ``OUT/<name>.tif`` mosaicked from bands ``source_band_offset ..`` of the tile rasters.
+
+    ``bands`` holds per output band: ``description``, optional ``scale``/``offset``, ``metadata``, and for a class
+    map ``categories`` + ``colours``."""
+
+    name: str
+    bands: tuple[dict, ...]
+    source_band_offset: int = 0
+    dtype: str = "uint8"
+    nodata: int | float = NODATA_U8
+    resampling: str = "NEAREST"
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.tif"
+
+
+def write_product(target: Path, plan: TilePlan, sources: list[tuple[Tile, Path]], spec: ProductSpec,
+                  final: Path | None = None) -> Path:
+    """:func:`write_cog_mosaic` for a :class:`ProductSpec`."""
+    return write_cog_mosaic(target, plan, sources, list(spec.bands), tags=dict(spec.tags),
+                            resampling=spec.resampling, source_band_offset=spec.source_band_offset,
+                            dtype=spec.dtype, nodata=spec.nodata, final=final)
+
+
 def write_cog_mosaic(
-    final: Path,
+    target: Path,
     plan: TilePlan,
     sources: list[tuple[Tile, Path]],
     bands: list[dict],
@@ -167,35 +186,60 @@ def write_cog_mosaic(
     source_band_offset: int = 0,
     dtype: str = "uint8",
     nodata: int | float = NODATA_U8,
+    final: Path | None = None,
 ) -> Path:
-    """Mosaic per-tile rasters into one COG on the plan's grid (VRT + GDAL's COG driver), atomically.
+    """Mosaic per-tile rasters into one COG on the plan's grid (VRT + GDAL's COG driver) at ``target``.
 
     ``bands`` holds per output band: ``description``, optional ``scale``/``offset``, ``metadata``, and for a class map
     ``categories`` + ``colours``. Output band b reads band b + ``source_band_offset`` of each tile raster; all bands
     share ``dtype`` and ``nodata`` (those of the tile rasters). Category names are also written to the ``.aux.xml``
-    sidecar GDAL and QGIS read.
+    sidecar GDAL and QGIS read. The COG is written under a temporary name with GDAL errors raised, synced and read
+    back before it is renamed to ``target``; ``final`` (default ``target``) is the path errors name, for a product
+    written into a staging folder.
     """
-    final = Path(final)
-    vrt = temporary_sibling(final).with_suffix(".vrt")
-    vrt.write_text(_vrt_xml(plan, sources, bands, tags or {}, source_band_offset, dtype, nodata), encoding="utf-8")
+    target = Path(target)
+    final = Path(final) if final is not None else target
+    vrt = temporary_sibling(target).with_suffix(".vrt")
+    tmp = temporary_sibling(target)
+    aux_tmp = Path(str(tmp) + ".aux.xml")
     has_categories = any("categories" in b for b in bands)
     try:
-        with atomic_path(final) as tmp:
+        try:
+            vrt.write_text(_vrt_xml(plan, sources, bands, tags or {}, source_band_offset, dtype, nodata),
+                           encoding="utf-8")
+        except OSError as exc:
+            raise write_error(final, exc) from None
+        with gdal_errors(final):
             with rasterio.Env(GDAL_PAM_ENABLED="YES" if has_categories else "NO"):
                 gdal_copy(str(vrt), str(tmp), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=BLOCK,
                           OVERVIEW_COUNT=overview_count(plan.width, plan.height), OVERVIEW_RESAMPLING=resampling,
                           BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
-            aux_tmp = Path(str(tmp) + ".aux.xml")
-            if aux_tmp.exists():
-                os.replace(aux_tmp, Path(str(final) + ".aux.xml"))
+        if has_categories:
+            _check_sidecar(aux_tmp, Path(str(final) + ".aux.xml"))
+        commit_raster(tmp, target, final=final)
+        if aux_tmp.exists():
+            replace(aux_tmp, Path(str(target) + ".aux.xml"))
     finally:
         vrt.unlink(missing_ok=True)
-        for leftover in final.parent.glob(f".{final.name}.tmp-*"):
-            leftover.unlink(missing_ok=True)
-    return final
+        tmp.unlink(missing_ok=True)
+        aux_tmp.unlink(missing_ok=True)
+    return target
+
+
+def _check_sidecar(path: Path, final: Path) -> None:
+    """A PAM sidecar GDAL wrote: synced and well-formed XML, or a :class:`WriteError` naming ``final``."""
+    from xml.etree import ElementTree
+
+    if not path.exists():  # GDAL only warns when it cannot create a sidecar
+        raise write_error(final, "GDAL could not create it")
+    try:
+        sync_file(path)
+        ElementTree.parse(path)
+    except OSError as exc:
+        raise write_error(final, exc) from None
+    except ElementTree.ParseError:
+        raise write_error(final, "the sidecar reads back damaged") from None
 
 
 def write_json_atomic(final: Path, payload: dict) -> Path:
-    with atomic_path(final) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return final
+    return atomic_write_json(final, payload)

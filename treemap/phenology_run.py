@@ -19,28 +19,26 @@ Products (int16, nodata -32768, one band per metric, band descriptions and units
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
 from treemap import __version__
 from treemap.aoi import read_aoi
-from treemap.composite import acquisition_blocks
-from treemap.cube import TileCube
 from treemap.errors import DateRangeError, NoScenesError, TreemapError
-from treemap.grid import Tile, TilePlan, plan_tiles, to_crs
-from treemap.outputs import NODATA_I16, ensure_writable_dir, write_cog_mosaic, write_tile_raster
-from treemap.run import RunSummary, core_mask, scenes_for_tile
-from treemap.scale import ClusterSpec, tile_runner
-from treemap.stac import Query, Scene, open_catalog
-from treemap.workdir import WORK_DIR, read_done, tile_paths, work_lock, write_done
+from treemap.grid import Tile, TilePlan, core_index, core_mask, plan_tiles
+from treemap.outputs import NODATA_I16, ProductSpec, ensure_writable_dir
+from treemap.scale import ClusterSpec
+from treemap.stac import Query, open_catalog
+from treemap.tiles import RunSummary, TileResult, run_job
+from treemap.workdir import WORK_DIR, work_lock
+
+__all__ = ["PhenologyRequest", "PhenologyRunResult", "PhenologyJob", "run_phenology", "search_window",
+           "encode_metrics", "encode_reflectance", "WORK_DIR"]
 
 log = logging.getLogger("treemap.phenology")
 
@@ -115,22 +113,9 @@ def encode_reflectance(refl: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fingerprint(request: PhenologyRequest, aoi, plan: TilePlan, scenes) -> str:
-    payload = {"version": __version__, "aoi": aoi.to_geojson(),
-               "plan": [plan.epsg, plan.resolution, list(plan.bounds), plan.tile_size, plan.halo],
-               "scenes": [s.id for s in scenes], "year": request.year, "index": request.index,
-               "min_observations": request.min_observations, "seasonal": request.seasonal}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def core_index(tile: Tile) -> tuple[slice, ...]:
-    """Index of a tile's core pixels in a (T, bands, H, W) block of its halo-padded read grid."""
-    return (slice(None), slice(None), slice(tile.halo, tile.halo + tile.height),
-            slice(tile.halo, tile.halo + tile.width))
-
-
-def tile_series(cube: TileCube, index: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tile_series(cube, index: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The core pixels' index series of a tile: dates (T,) datetime64[D], values and clear mask (T, H * W)."""
+    from treemap.composite import acquisition_blocks
     from treemap.phenology.tile import vegetation_index
 
     core = core_index(cube.tile)
@@ -143,55 +128,65 @@ def tile_series(cube: TileCube, index: str) -> tuple[np.ndarray, np.ndarray, np.
     return np.array(dates, dtype="datetime64[D]"), np.concatenate(values), np.concatenate(clear)
 
 
-def process_tile(tile: Tile, scenes, local_aoi, request: PhenologyRequest, work: Path) -> Path | None:
-    """Phenology (and seasonal composites) of one tile, written to the work folder with a done-marker."""
-    from treemap.phenology import METRIC_NAMES, phenology_metrics
-    from treemap.phenology.tile import SeasonalCompositor, metric_stack
+@dataclass(frozen=True)
+class SeriesTile:
+    """A tile's clear-sky index series (core pixels) and its cube, for the seasonal composites' second pass."""
 
-    path, _ = tile_paths(work, tile.id)
-    if read_done(work, tile.id) is not None:
-        log.info("tile %s already done; skipping", tile.id)
-        return path
-    tile_scenes = scenes_for_tile(scenes, tile)
-    if not tile_scenes:
-        log.warning("tile %s: no scenes cover it; left as nodata", tile.id)
-        return None
-    cube = TileCube(tile_scenes, tile)
-    dates, values, clear = tile_series(cube, request.index)
-    inside = core_mask(tile, local_aoi).ravel()
-    clear &= inside[None, :]
-    result = phenology_metrics(dates, values, clear, request.year, min_observations=request.min_observations)
-    del values, clear
-    data = encode_metrics(metric_stack(result, (tile.height, tile.width)), METRIC_NAMES)
-    data[:, ~inside.reshape(tile.height, tile.width)] = NODATA_I16
-    if request.seasonal:
-        core = core_index(tile)
-        comp = SeasonalCompositor(dates, result, (tile.height, tile.width), 10)
-        for groups, refl in acquisition_blocks(cube):
-            comp.add([g.key[1] for g in groups], refl[core])
-        seasons = encode_reflectance(comp.result()).reshape(40, tile.height, tile.width)
-        seasons[:, ~inside.reshape(tile.height, tile.width)] = NODATA_I16
-        data = np.concatenate([data, seasons])
-    write_tile_raster(path, tile, data, nodata=NODATA_I16)
-    qa = result.qa[inside]
-    write_done(work, tile.id, {"tile": tile.id, "scenes": len(tile_scenes), "dates": int(dates.shape[0]),
-                               "qa": np.bincount(qa, minlength=5).tolist()})
-    return path
+    cube: object
+    dates: np.ndarray
+    values: np.ndarray
+    clear: np.ndarray
+    inside: np.ndarray
 
 
 @dataclass(frozen=True)
 class PhenologyJob:
-    """Everything a worker needs for any tile of a run; sent to a cluster once per run."""
+    """Season timing (and seasonal composites) per tile, on the tile engine."""
 
+    name: ClassVar[str] = "phenology"
     request: PhenologyRequest
-    scenes: tuple[Scene, ...]
-    local_aoi: Any
-    work: Path
+    start: date
+    end: date
+    n_scenes: int
 
+    def fingerprint(self) -> dict:
+        r = self.request
+        return {"year": r.year, "index": r.index, "min_observations": r.min_observations, "seasonal": r.seasonal}
 
-def phenology_tile_task(tile: Tile, job: PhenologyJob) -> Path | None:
-    """One whole tile (in this process or on a worker): :func:`process_tile`."""
-    return process_tile(tile, list(job.scenes), job.local_aoi, job.request, job.work)
+    def read(self, tile: Tile, scenes: list, local_aoi) -> SeriesTile:
+        from treemap.cube import TileCube
+
+        cube = TileCube(scenes, tile)
+        dates, values, clear = tile_series(cube, self.request.index)
+        inside = core_mask(tile, local_aoi).ravel()
+        clear &= inside[None, :]
+        return SeriesTile(cube, dates, values, clear, inside)
+
+    def compute(self, tile: Tile, inputs: SeriesTile) -> TileResult:
+        from treemap.composite import acquisition_blocks
+        from treemap.phenology import METRIC_NAMES, phenology_metrics
+        from treemap.phenology.tile import SeasonalCompositor, metric_stack
+
+        request, shape = self.request, (tile.height, tile.width)
+        result = phenology_metrics(inputs.dates, inputs.values, inputs.clear, request.year,
+                                   min_observations=request.min_observations)
+        outside = ~inputs.inside.reshape(shape)
+        data = encode_metrics(metric_stack(result, shape), METRIC_NAMES)
+        data[:, outside] = NODATA_I16
+        if request.seasonal:
+            core = core_index(tile)
+            comp = SeasonalCompositor(inputs.dates, result, shape, 10)
+            for groups, refl in acquisition_blocks(inputs.cube):
+                comp.add([g.key[1] for g in groups], refl[core])
+            seasons = encode_reflectance(comp.result()).reshape(40, *shape)
+            seasons[:, outside] = NODATA_I16
+            data = np.concatenate([data, seasons])
+        qa = np.bincount(result.qa[inputs.inside], minlength=5).tolist()
+        return TileResult(data, NODATA_I16, {"scenes": len(inputs.cube.scenes), "dates": int(inputs.dates.shape[0]),
+                                              "qa": qa, "unreadable": [list(u) for u in inputs.cube.unreadable]})
+
+    def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
+        return phenology_products(self.request, self.start, self.end, self.n_scenes)
 
 
 def run_phenology(request: PhenologyRequest) -> PhenologyRunResult:
@@ -205,51 +200,24 @@ def run_phenology(request: PhenologyRequest) -> PhenologyRunResult:
     start, end = search_window(request.year, request.margin_days)
     out = ensure_writable_dir(Path(request.out))
     with work_lock(out):
-        return _run_phenology(request, cluster, aoi, start, end, out)
-
-
-def _run_phenology(request: PhenologyRequest, cluster: ClusterSpec, aoi, start: date, end: date,
-                   out: Path) -> PhenologyRunResult:
-    catalog = open_catalog(request.catalog)
-    scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud))
-    if not scenes:
-        raise NoScenesError(f"no Sentinel-2 L2A scenes in {catalog.name} for the AOI between {start} and {end}")
-    log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
-    plan = plan_tiles(aoi, tile_size=request.tile_size)
-    local_aoi = to_crs(aoi.geometry, plan.epsg)
-    work = (out / WORK_DIR / ("phenology-" + _fingerprint(request, aoi, plan, scenes))).absolute()
-    work.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path | None] = {}
-    for tile in plan.tiles:
-        if read_done(work, tile.id) is not None:
-            log.info("tile %s already done; skipping", tile.id)
-            paths[tile.id] = tile_paths(work, tile.id)[0]
-    pending = [tile for tile in plan.tiles if tile.id not in paths]
-    with tile_runner(cluster, len(pending), work) as runner:
-        job = PhenologyJob(request, tuple(scenes), local_aoi, work)
-        for k, (tile, path) in enumerate(runner.map(phenology_tile_task, pending, job), start=1):
-            paths[tile.id] = path
-            log.info("tile %s done (%d/%d)", tile.id, k, len(pending))
-    sources = []
+        catalog = open_catalog(request.catalog)
+        scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud,
+                                           geometry=aoi.geometry))
+        if not scenes:
+            raise NoScenesError(f"no Sentinel-2 L2A scenes in {catalog.name} for the AOI between {start} and {end}")
+        log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
+        plan = plan_tiles(aoi, tile_size=request.tile_size)
+        job = PhenologyJob(request, start, end, len(scenes))
+        result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work)
     qa_total = np.zeros(5, dtype=np.int64)
-    for tile in plan.tiles:
-        path = paths[tile.id]
-        if path is not None:
-            sources.append((tile, path))
-            record = read_done(work, tile.id) or {"qa": [0] * 5}
-            qa_total += np.asarray(record["qa"][:5], dtype=np.int64)
-    if not sources:
-        raise NoScenesError("no tile of the AOI is covered by any scene")
-    products = write_phenology_products(out, plan, sources, request, start, end, len(scenes))
-    if not request.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+    for record in result.records.values():
+        qa_total += np.asarray(record.get("qa", [0] * 5)[:5], dtype=np.int64)
     qa_counts = {name: int(c) for name, c in zip(QA_KEYS, qa_total)}
-    return PhenologyRunResult(products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
+    return PhenologyRunResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
                               request.year, qa_counts)
 
 
-def write_phenology_products(out: Path, plan: TilePlan, sources, request: PhenologyRequest, start: date, end: date,
-                             n_scenes: int) -> dict[str, Path]:
+def phenology_products(request: PhenologyRequest, start: date, end: date, n_scenes: int) -> list[ProductSpec]:
     from treemap.phenology import METRIC_DESCRIPTIONS, METRIC_NAMES, SEASONS
     from treemap.phenology.tile import BAND_ORDER
 
@@ -266,13 +234,11 @@ def write_phenology_products(out: Path, plan: TilePlan, sources, request: Phenol
         else:
             band["metadata"]["unit"] = _UNITS.get(name, f"day of year {request.year}")
         bands.append(band)
-    products = {"phenology": write_cog_mosaic(out / "phenology.tif", plan, sources, bands, tags=tags,
-                                              dtype="int16", nodata=NODATA_I16)}
+    specs = [ProductSpec("phenology", tuple(bands), 0, dtype="int16", nodata=NODATA_I16, tags=tuple(tags.items()))]
     if request.seasonal:
-        season_bands = [{"description": f"{season} {band}", "scale": LEVEL_SCALE, "offset": 0.0,
-                         "metadata": {"season": season, "band": band, "unit": "reflectance"}}
-                        for season in SEASONS for band in BAND_ORDER]
-        products["seasonal_composites"] = write_cog_mosaic(
-            out / "seasonal_composites.tif", plan, sources, season_bands, tags=tags, resampling="AVERAGE",
-            source_band_offset=len(METRIC_NAMES), dtype="int16", nodata=NODATA_I16)
-    return products
+        season_bands = tuple({"description": f"{season} {band}", "scale": LEVEL_SCALE, "offset": 0.0,
+                              "metadata": {"season": season, "band": band, "unit": "reflectance"}}
+                             for season in SEASONS for band in BAND_ORDER)
+        specs.append(ProductSpec("seasonal_composites", season_bands, len(METRIC_NAMES), dtype="int16",
+                                 nodata=NODATA_I16, resampling="AVERAGE", tags=tuple(tags.items())))
+    return specs

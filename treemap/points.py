@@ -3,14 +3,14 @@ used, each with a reason (see :mod:`treemap.extract` for the columns accepted)."
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from treemap.errors import TreemapError
+from treemap.documents import read_csv_rows, row_width
+from treemap.errors import PointsError, TreemapError  # noqa: F401 (PointsError: re-exported)
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "longitude": ("longitude", "decimalLongitude", "lon", "lng"),
@@ -23,10 +23,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 KEY_COLUMNS = ("sample_id", "gbifID", "id", "key")
 TEXT_OF = {"level0": "level0", "family": "level1_family", "genus": "level2_genus", "species": "level3_species"}
-
-
-class PointsError(TreemapError):
-    """The points file cannot be used: missing, unreadable, or lacking required columns."""
 
 
 @dataclass(frozen=True)
@@ -85,34 +81,19 @@ def read_points(path: str | Path, *, taxonomy: str | None = None,
     """
     path = Path(path)
     taxonomy = _taxonomy(taxonomy)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            head = fh.readline()
-            fh.seek(0)
-            delimiter = "\t" if head.count("\t") > head.count(",") else ","
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            header = list(reader.fieldnames or [])
-            cols = {name: _column(header, name) for name in COLUMNS}
-            required = ["longitude", "latitude", "species"]
-            if default_year is None:
-                required.append("year")
-            if not taxonomy:  # a taxonomy list fills in level0, family and genus per species
-                required.extend(["level0", "family", "genus"])
-            missing = [COLUMNS[n][0] for n in required if cols[n] is None]
-            if missing:
-                extra = " (or give a taxonomy list with level0 per species)" if "level0" in missing else ""
-                raise PointsError(f"points file {path} lacks column(s) {', '.join(missing)}{extra}; "
-                                  f"it has {', '.join(header) if header else 'no header'}")
-            key_col = next((k for k in KEY_COLUMNS if k in header), None)
-            rows = list(reader)
-    except FileNotFoundError:
-        raise PointsError(f"points file {path} does not exist") from None
-    except PointsError:
-        raise
-    except OSError as exc:
-        raise PointsError(f"cannot read points file {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise PointsError(f"points file {path} is not a readable CSV: {exc}") from None
+    header, rows = read_csv_rows(path, what="points file", error=PointsError, ragged="keep")
+    cols = {name: _column(header, name) for name in COLUMNS}
+    required = ["longitude", "latitude", "species"]
+    if default_year is None:
+        required.append("year")
+    if not taxonomy:  # a taxonomy list fills in level0, family and genus per species
+        required.extend(["level0", "family", "genus"])
+    missing = [COLUMNS[n][0] for n in required if cols[n] is None]
+    if missing:
+        extra = " (or give a taxonomy list with level0 per species)" if "level0" in missing else ""
+        raise PointsError(f"points file {path} lacks column(s) {', '.join(missing)}{extra}; "
+                          f"it has {', '.join(header) if header else 'no header'}")
+    key_col = next((k for k in KEY_COLUMNS if k in header), None)
 
     points, skipped = [], []
     keys: Counter = Counter()
@@ -121,6 +102,8 @@ def read_points(path: str | Path, *, taxonomy: str | None = None,
         key = _KEY_SAFE.sub("-", raw_key.split(".")[0] if re.fullmatch(r"\d+\.0+", raw_key) else raw_key)
         key = key.strip("-_") or f"row{n:09d}"
         try:
+            if row_width(row) != len(header):
+                raise ValueError(f"{row_width(row)} values for the {len(header)} columns of the header")
             lon = float(row[cols["longitude"]])
             lat = float(row[cols["latitude"]])
             if not (-180 <= lon <= 180 and -90 <= lat <= 90):

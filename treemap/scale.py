@@ -23,7 +23,6 @@ their own results (whole tiles, under temporary names) and return small values: 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -208,12 +207,12 @@ def scheduler_address(scheduler: str) -> str:
 
     address = scheduler
     if scheduler.endswith(".json"):
-        try:
-            address = json.loads(Path(scheduler).read_text(encoding="utf-8"))["address"]
-        except OSError as exc:
-            raise ClusterError(f"cannot read the scheduler file {scheduler}: {exc.strerror or exc}") from None
-        except (ValueError, KeyError, TypeError):
-            raise ClusterError(f"{scheduler} is not a dask scheduler file (no scheduler address in it)") from None
+        from treemap.documents import read_json
+
+        doc = read_json(scheduler, what="dask scheduler file", error=ClusterError, expect=dict)
+        address = doc.get("address")
+        if not isinstance(address, str):
+            raise ClusterError(f"{scheduler} is not a dask scheduler file (no scheduler address in it)")
     try:
         scheme, location = parse_address(str(address))
         get_backend(scheme)

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from treemap.errors import TreemapError
+from treemap.durable import replace, sync_file, write_error
+from treemap.errors import ShardError
 from treemap.models.config import AUX_VARIABLES
 
 log = logging.getLogger("treemap.shards")
@@ -44,10 +45,6 @@ IMAGES, TEXT, AUX = "images.pth", "text.json", "auxiliary.json"
 PARTS = (IMAGES, TEXT, AUX)
 TEXT_LEVELS = ("level0", "level1_family", "level2_genus", "level3_species")
 MONTHS, CHANNELS = 12, 10
-
-
-class ShardError(TreemapError):
-    """A shard or one of its samples cannot be read or written."""
 
 
 @dataclass
@@ -132,9 +129,10 @@ def write_shard(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
                 seen.add(sample.key)
                 for name, data in encode_sample(sample):
                     tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ShardError(f"cannot write shard {path}: {exc.strerror or exc}") from exc
+        sync_file(tmp)
+        replace(tmp, path)
+    except OSError as exc:  # a full disk, a vanished folder: a write failure (exit 74), never a half shard
+        raise write_error(path, exc) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -7,13 +7,13 @@ Other columns (occurrences, coordinates) are ignored and duplicate species colla
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from treemap.documents import read_csv_rows
 from treemap.errors import SpeciesListError
 
 _ALIASES = {
@@ -79,26 +79,20 @@ def _column(header: list[str], key: str, path: Path) -> str:
     for alias in _ALIASES[key]:
         if alias in header:
             return alias
-    raise SpeciesListError(f"species list {path} has no {_ALIASES[key][0]!r} column")
+    raise SpeciesListError(f"species list {path} has no {_ALIASES[key][0]!r} column; it has "
+                           f"{', '.join(header) if header else 'no header'}")
 
 
 def load_species_list(path: str | Path) -> SpeciesList:
     """Read a species list CSV; raises SpeciesListError with a one-line reason on bad input."""
     path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = list(reader.fieldnames or [])
-            cols = {k: _column(header, k, path) for k in _ALIASES}
-            seen: dict[str, Taxon] = {}
-            for row in reader:
-                taxon = Taxon(*(row[cols[k]].strip() for k in ("level0", "family", "genus", "species")))
-                if taxon.species and taxon.species not in seen:
-                    seen[taxon.species] = taxon
-    except OSError as exc:
-        raise SpeciesListError(f"cannot read species list {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise SpeciesListError(f"species list {path} is not a readable CSV: {exc}") from exc
+    header, rows = read_csv_rows(path, what="species list", error=SpeciesListError)
+    cols = {k: _column(header, k, path) for k in _ALIASES}
+    seen: dict[str, Taxon] = {}
+    for row in rows:
+        taxon = Taxon(*(row[cols[k]].strip() for k in ("level0", "family", "genus", "species")))
+        if taxon.species and taxon.species not in seen:
+            seen[taxon.species] = taxon
     if not seen:
         raise SpeciesListError(f"species list {path} has no species")
     return SpeciesList(tuple(seen.values()), name=path.stem)

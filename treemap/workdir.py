@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from treemap.errors import OutputError, RunLockedError
-from treemap.outputs import atomic_path
+from treemap.durable import atomic_write_json
 
 WORK_DIR = ".treemap-work"
 LOCK_NAME = ".lock"
@@ -40,7 +40,13 @@ def work_lock(out: Path) -> Iterator[Path]:
         raise OutputError(f"cannot create the work folder {root}: {exc.strerror or exc}") from None
     path = root / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the last run removed the empty work folder just now
+            root.mkdir(parents=True, exist_ok=True)
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,6 +72,7 @@ def work_lock(out: Path) -> Iterator[Path]:
     finally:
         try:
             path.unlink()  # still holding the lock: a run that opens the path from now on creates a new file
+            root.rmdir()  # only when empty: finished and failed runs leave no empty work folder behind
         except OSError:
             pass
         os.close(fd)
@@ -98,6 +105,4 @@ def read_done(work: Path, tile_id: str) -> dict | None:
 def write_done(work: Path, tile_id: str, record: dict) -> Path:
     """Mark a tile finished (after its raster is in place); atomic."""
     _, done = tile_paths(work, tile_id)
-    with atomic_path(done) as tmp:
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-    return done
+    return atomic_write_json(done, record, indent=None)

@@ -158,7 +158,12 @@ def test_bf16_autocast_smoke(tiny_model, full_model, make_inputs):
         assert torch.isfinite(got.float()).all()
         cos = F.cosine_similarity(got.float(), want, dim=-1)
         assert cos.min() > 0.98, cos
-        assert (got.float() - plain.float()).abs().max() <= 0.1 * want.abs().max()
+        # bf16 rounds differently on different CPUs (AVX-512 BF16 / AMX kernels accumulate in other orders), so
+        # the engine is held to the official forward's own bf16 accuracy against fp32, not to its exact values
+        engine_err = (got.float() - want).abs().max()
+        official_err = (plain.float() - want).abs().max()
+        print(f"bf16 max abs error vs fp32: engine {engine_err:.4f}, official forward {official_err:.4f}")
+        assert engine_err <= 2 * official_err + 0.02 * want.abs().max(), (engine_err, official_err)
 
 
 def test_gradients_use_the_plain_path(make_inputs):

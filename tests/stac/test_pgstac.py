@@ -14,7 +14,8 @@ from datetime import date, datetime
 import numpy as np
 import pytest
 import rasterio
-from shapely.geometry import box, shape
+from shapely import unary_union
+from shapely.geometry import Polygon, box, shape
 
 from treemap.grid import to_crs
 from treemap.stac import Query
@@ -89,6 +90,25 @@ def test_paging_with_small_pages(stac_server, aoi):
         Query(aoi[1].bounds, date(2022, 1, 1), date(2022, 12, 31)))
     assert sorted(s.id for s in scenes) == sorted(i["id"] for i in stac_server.items)
     assert [s.datetime for s in scenes] == sorted(s.datetime for s in scenes)
+
+
+def test_aoi_geometry_is_sent_as_intersects(stac_server, aoi, tmp_path):
+    """A query with the AOI geometry searches the API with ``intersects``: the same items as the footprint rule,
+    for a triangle and for the bbox; none for a triangle outside the world whose bbox still overlaps it."""
+    catalog = ApiCatalog(stac_server.url, stac_server.collection)
+    x0, y0, x1, y1 = aoi[1].bounds
+    triangle = Polygon([(x0, y0), (x1, y0), (x0, y1)])
+    got = catalog.search(Query(triangle.bounds, date(2022, 3, 1), date(2022, 6, 30), geometry=triangle))
+    assert sorted(s.id for s in got) == sorted(_expected(stac_server.items, triangle, "2022-03-01", "2022-06-30"))
+    assert got
+    world = unary_union([shape(i["geometry"]) for i in stac_server.items])
+    wx0, wy0, wx1, wy1 = world.bounds
+    # a triangle north-east of the world, its long side passing beyond the world's north-east corner: its bbox
+    # covers the world, the triangle itself misses it
+    outside = Polygon([(wx1 + 0.5, wy0), (wx1 + 0.5, wy1 + 0.1), (wx0, wy1 + 0.1)])
+    assert box(*outside.bounds).intersects(world) and not outside.intersects(world), "premise"
+    assert catalog.search(Query(outside.bounds, date(2022, 1, 1), date(2022, 12, 31))) != []
+    assert catalog.search(Query(outside.bounds, date(2022, 1, 1), date(2022, 12, 31), geometry=outside)) == []
 
 
 def test_search_table_lists_scenes(stac_server, aoi):

@@ -5,6 +5,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from shapely.geometry import box, shape
 
 from treemap.errors import CatalogError
 from treemap.stac import Query, open_catalog
@@ -16,14 +17,14 @@ ES = DATA / "earth-search_sentinel-2-l2a.json"
 
 
 def _reference(path: Path, query: Query) -> set[str]:
-    """A straightforward re-statement of the filter over the raw JSON."""
+    """A straightforward re-statement of the filter over the raw JSON: the item footprint (geometry) meets the
+    query's area (its geometry, else its bbox), as in STAC API item search."""
+    area = query.geometry if query.geometry is not None else box(*query.bbox)
     out = set()
     for f in json.loads(path.read_text())["features"]:
-        b = f["bbox"]
         d = date.fromisoformat(f["properties"]["datetime"][:10])
         cc = f["properties"]["eo:cloud_cover"]
-        if (b[0] <= query.bbox[2] and query.bbox[0] <= b[2] and b[1] <= query.bbox[3] and query.bbox[1] <= b[3]
-                and query.start <= d <= query.end and cc <= query.max_cloud):
+        if shape(f["geometry"]).intersects(area) and query.start <= d <= query.end and cc <= query.max_cloud:
             out.add(f["id"])
     return out
 
@@ -33,11 +34,34 @@ def _reference(path: Path, query: Query) -> set[str]:
     ((173.6, 57.6, 173.7, 57.7), 30.0),
     ((160.0, 50.0, 180.0, 70.0), 100.0),
     ((0.0, 0.0, 1.0, 1.0), 100.0),
+    ((170.0, 57.0, 171.0, 59.5), 100.0),
 ])
 def test_item_file_filter_matches_reference(bbox, max_cloud):
     query = Query(bbox=bbox, start=date(2018, 12, 1), end=date(2019, 1, 31), max_cloud=max_cloud)
     got = {s.id for s in open_catalog(str(PC)).search(query)}
     assert got == _reference(PC, query)
+    # the same area as a geometry: the same answer
+    assert {s.id for s in open_catalog(str(PC)).search(Query(bbox, query.start, query.end, max_cloud,
+                                                              geometry=box(*bbox)))} == got
+
+
+def test_item_file_filter_uses_footprints_not_bboxes():
+    """Over the Planetary Computer file, some queries meet an item's bbox but not its footprint."""
+    items = json.loads(PC.read_text())["features"]
+    probes = 0
+    for f in items:
+        outside = box(*f["bbox"]).difference(shape(f["geometry"]))
+        if outside.area < 0.01:
+            continue
+        spot = outside.representative_point().buffer(0.005, quad_segs=2)
+        if spot.intersects(shape(f["geometry"])):
+            continue
+        probes += 1
+        query = Query(spot.bounds, date(2018, 12, 1), date(2019, 1, 31), geometry=spot)
+        got = {s.id for s in open_catalog(str(PC)).search(query)}
+        assert f["id"] not in got
+        assert got == _reference(PC, query)
+    assert probes >= 10
 
 
 def test_date_window_excludes_other_days():

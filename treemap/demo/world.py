@@ -23,7 +23,8 @@ from treemap.demo.layout import STREAM_DATE, Fields, build_fields, build_layout,
 from treemap.demo.phenology import METRICS, NODATA, phenology_chunk
 from treemap.demo.spec import (BANDS, BANDS_10M, BANDS_20M, GENERATOR_VERSION, DemoWorld, WorldSpec,
                                acquisition_dates, days_in_year, processing_baseline, tile_grids)
-from treemap.errors import OutputError
+from treemap.durable import gdal_errors, verify_raster
+from treemap.errors import OutputError, WriteError
 
 log = logging.getLogger("treemap.demo")
 
@@ -43,7 +44,7 @@ def write_cog(path: Path, data: np.ndarray, transform: Affine, crs: CRS, nodata:
     if data.ndim == 2:
         data = data[None]
     predictor = "NO" if categorical else "YES"
-    with rasterio.open(
+    with gdal_errors(path), rasterio.open(
         path, "w", driver="COG", width=data.shape[2], height=data.shape[1], count=data.shape[0],
         dtype=data.dtype.name, crs=crs, transform=transform, nodata=nodata,
         compress="ZSTD", level=2, predictor=predictor, blocksize=512, bigtiff="NO",
@@ -53,6 +54,7 @@ def write_cog(path: Path, data: np.ndarray, transform: Affine, crs: CRS, nodata:
         if descriptions:
             for i, name in enumerate(descriptions, start=1):
                 dst.set_band_description(i, name)
+    verify_raster(path, path)
 
 
 def _block_mean(a: np.ndarray) -> np.ndarray:
@@ -262,6 +264,9 @@ def build_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> DemoWorld
     try:
         os.chmod(tmp, 0o755)
         _generate(tmp, spec)
+    except WriteError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(f"cannot write the demo world to {out}: {str(exc).rsplit(': ', 1)[-1]}") from None
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"cannot write the demo world to {out}: {exc.strerror or exc}") from None

@@ -384,9 +384,9 @@ def load_model(path: str | os.PathLike, config: GeoTreeCLIPConfig | None = None)
     checkpoint (its head counts cannot be read from shapes); treemap files carry their own config.
     Returns the model in eval mode on the CPU and its card.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    from treemap.documents import check_file
+
+    path = check_file(path, what="model file", error=ModelError)
     try:
         kind = _sniff(path)
     except OSError as exc:

@@ -9,10 +9,10 @@ small shift from the official outputs (the statistics should describe the traini
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
+from treemap.documents import read_json
 from treemap.errors import ModelError
 from treemap.models.checkpoint import ModelCard, load_model, save_model
 from treemap.models.config import AUX_VARIABLES, BANDS
@@ -24,14 +24,8 @@ _STAT_LENGTHS = {"band_min": len(BANDS), "band_max": len(BANDS), "aux_min": len(
 def read_statistics(path: str | Path) -> dict[str, tuple[float, ...]]:
     """Fixed-normalisation statistics from JSON: band_min/band_max (10 values, model band order) and
     aux_min/aux_max (27 values, auxiliary-variable order)."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelError(f"cannot read statistics file {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"statistics file {path} is not valid JSON ({exc.msg})") from None
-    return validate_statistics(doc, str(path))
+    doc = read_json(path, what="statistics file", error=ModelError)
+    return validate_statistics(doc, f"statistics file {path}")
 
 
 def validate_statistics(doc: object, source: str = "statistics") -> dict[str, tuple[float, ...]]:

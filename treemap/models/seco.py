@@ -312,8 +312,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    from treemap.documents import check_file
+
+    check_file(path, what="model file", error=ModelError)
 
 
 def load_seco(path: str | os.PathLike) -> SecoModel:

@@ -1,6 +1,12 @@
-"""Provider adapters: turn a STAC item dict (Earth Search v1 and collection 1, Planetary Computer, Copernicus Data
-Space, or any item following one of their layouts) into a :class:`Scene` with canonical band names, CRS and
-reflectance scale/offset.
+"""Provider adapters: turn a STAC item (Earth Search v1 and collection 1, Planetary Computer, Copernicus Data Space,
+or any item following one of their layouts) into a :class:`Scene` with canonical band names, CRS and reflectance
+scale/offset.
+
+Items are parsed by pystac (:func:`parse_item`: ``pystac.Item.from_dict``, which also migrates old extension
+versions, e.g. ``proj:epsg`` to ``proj:code``), and read through pystac's projection, raster, eo, grid and mgrs
+extension classes; the fields pystac has no class for (``s2:*``, ``processing:version``, raster extension v2
+``raster:scale``/``raster:offset``, ``earthsearch:*``) are read from the item's properties and the assets'
+extra fields. Which baseline needs which offset, and which metadata to trust, is treemap's own rule (below).
 
 What differs between providers, and how each is read:
 
@@ -8,7 +14,8 @@ What differs between providers, and how each is read:
   Planetary Computer), band ids with their native resolution (``B02_10m``, ``B05_20m``, ``SCL_20m``: Copernicus
   Data Space; the resampled copies such as ``B02_20m`` are ignored). A COG is preferred over a JPEG 2000 copy of the
   same band (Earth Search ``blue-jp2``); JPEG 2000 is used when it is all there is (Copernicus Data Space).
-- CRS: ``proj:epsg`` or ``proj:code`` ("EPSG:32633"), on the item or on its assets.
+- CRS: ``proj:epsg`` or ``proj:code`` ("EPSG:32633"), on the item or on its assets (pystac's projection
+  extension reads both).
 - processing baseline: ``s2:processing_baseline``, else ``processing:version``, else the ``_Nxxyy_`` part of the
   product name (``s2:product_uri`` or the item id).
 - reflectance scale/offset: ``raster:bands[0].scale/offset`` (Earth Search), ``raster:scale``/``raster:offset`` on
@@ -28,11 +35,25 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Mapping
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urlparse
+
+import pystac
+# The extension classes are built directly rather than through ``X.ext(obj)``: that one refuses items that do not
+# declare the extension's schema version pystac knows, and providers declare other versions (CDSE: eo and raster
+# v2.0.0) or none at all. The fields read here have the same names in every version.
+from pystac.extensions.eo import ItemEOExtension
+from pystac.extensions.grid import GridExtension
+from pystac.extensions.mgrs import MgrsExtension
+from pystac.extensions.projection import AssetProjectionExtension, ItemProjectionExtension
+from pystac.extensions.raster import AssetRasterExtension
+from pystac.utils import is_absolute_href, make_absolute_href
+
+from treemap.errors import ItemError
 
 log = logging.getLogger("treemap.stac")
 
@@ -110,26 +131,46 @@ class Scene:
         }
 
 
-class ItemError(ValueError):
-    """An item that is not a usable Sentinel-2 L2A scene (missing bands, no CRS, ...)."""
+def parse_item(item: Mapping | pystac.Item, href: str | None = None, owned: bool = False) -> pystac.Item:
+    """A ``pystac.Item`` from an item dict; ``href`` is the file it was read from, if any. The dict is left
+    unchanged unless ``owned`` (the caller's own fresh copy, which pystac may then use in place: 3x faster).
+    Anything pystac cannot read as an item is an ItemError naming the item."""
+    if isinstance(item, pystac.Item):
+        return item
+    if not isinstance(item, Mapping):
+        raise ItemError(f"not a STAC item: a JSON {type(item).__name__}")
+    try:
+        with warnings.catch_warnings():  # pystac's notes on migrating old extension versions: not for the user
+            warnings.simplefilter("ignore")
+            return pystac.Item.from_dict(item if isinstance(item, dict) else dict(item), href=href, migrate=True,
+                                         preserve_dict=not owned)
+    except Exception as exc:  # noqa: BLE001 - pystac raises KeyError, TypeError, STACTypeError, ... for bad input
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ItemError(f"item {item.get('id', '?')} is not a valid STAC item "
+                        f"({type(exc).__name__}{': ' + first if first else ''})") from None
 
 
-def _parse_datetime(value: str) -> datetime:
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+def _as_utc(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def _epsg(props: Mapping, assets: Mapping) -> int:
-    for source in [props] + [a for a in assets.values() if isinstance(a, Mapping)]:
-        if source.get("proj:epsg"):
-            return int(source["proj:epsg"])
-        code = source.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            return int(code.split(":", 1)[1])
+def _epsg(item: pystac.Item) -> int:
+    """The EPSG code of the item, else of its first asset that states one (``proj:epsg`` or ``proj:code``)."""
+    sources = [ItemProjectionExtension(item)] + [AssetProjectionExtension(a) for a in item.assets.values()]
+    for proj in sources:
+        try:
+            code = proj.epsg  # pystac >= 1.12 reads proj:code ("EPSG:32633") here too
+        except (TypeError, ValueError):
+            code = None
+        if code:
+            return int(code)
+        text = proj.properties.get("proj:code")  # older pystac, or "epsg:32633"
+        if isinstance(text, str) and text.upper().startswith("EPSG:") and text[5:].strip().isdigit():
+            return int(text[5:])
     raise ItemError("no proj:epsg or proj:code")
 
 
-def _band_key(key: str, asset: Mapping) -> str | None:
+def _band_key(key: str) -> str | None:
     """The canonical band name of an asset key, or None for assets treemap does not read."""
     lowered = key.lower()
     if lowered in _COMMON:
@@ -143,20 +184,23 @@ def _band_key(key: str, asset: Mapping) -> str | None:
     return None
 
 
-def _is_jp2(asset: Mapping) -> bool:
-    media = str(asset.get("type", ""))
-    href = str(asset.get("href", "")).split("?", 1)[0]
+def _is_jp2(asset: pystac.Asset) -> bool:
+    media = str(asset.media_type or "")
+    href = str(asset.href or "").split("?", 1)[0]
     return "jp2" in media or href.lower().endswith(".jp2")
 
 
-def _mgrs(props: Mapping, item_id: str) -> str | None:
+def _mgrs(item: pystac.Item) -> str | None:
+    props = item.properties
     if props.get("s2:mgrs_tile"):
         return str(props["s2:mgrs_tile"])
-    if props.get("grid:code", "").startswith("MGRS-"):
-        return props["grid:code"][5:]
-    if "mgrs:utm_zone" in props:
-        return f"{props['mgrs:utm_zone']}{props.get('mgrs:latitude_band', '')}{props.get('mgrs:grid_square', '')}"
-    m = re.search(r"_T?(\d{2}[C-X][A-Z]{2})_", item_id)
+    code = GridExtension(item).code
+    if isinstance(code, str) and code.startswith("MGRS-"):
+        return code[5:]
+    mgrs = MgrsExtension(item)
+    if mgrs.utm_zone is not None:
+        return f"{mgrs.utm_zone}{mgrs.latitude_band or ''}{mgrs.grid_square or ''}"
+    m = re.search(r"_T?(\d{2}[C-X][A-Z]{2})_", item.id)
     return m.group(1) if m else None
 
 
@@ -189,32 +233,35 @@ def _number(value) -> float | None:
         return None
 
 
-def _metadata_scale_offset(asset: Mapping) -> tuple[float | None, float | None]:
-    """Scale and offset stated by an asset: raster extension v1 (``raster:bands``), v2 (``raster:scale`` on the
-    asset), or STAC 1.1 ``bands`` carrying ``raster:scale``."""
-    bands = asset.get("raster:bands")
-    if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
-        return _number(bands[0].get("scale")), _number(bands[0].get("offset"))
-    if "raster:scale" in asset or "raster:offset" in asset:
-        return _number(asset.get("raster:scale")), _number(asset.get("raster:offset"))
-    bands = asset.get("bands")
-    if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
-        return _number(bands[0].get("raster:scale")), _number(bands[0].get("raster:offset"))
+def _metadata_scale_offset(asset: pystac.Asset) -> tuple[float | None, float | None]:
+    """Scale and offset stated by an asset: raster extension v1 (``raster:bands``, through pystac), v2
+    (``raster:scale`` on the asset), or STAC 1.1 ``bands`` carrying ``raster:scale``."""
+    try:
+        bands = AssetRasterExtension(asset).bands
+    except (TypeError, AttributeError):  # raster:bands that is not a list of objects
+        bands = None
+    if bands:
+        return _number(bands[0].scale), _number(bands[0].offset)
+    extra = asset.extra_fields
+    if "raster:scale" in extra or "raster:offset" in extra:
+        return _number(extra.get("raster:scale")), _number(extra.get("raster:offset"))
+    common = extra.get("bands")
+    if isinstance(common, list) and common and isinstance(common[0], Mapping):
+        return _number(common[0].get("raster:scale")), _number(common[0].get("raster:offset"))
     return None, None
 
 
 PLANETARY_COMPUTER = "planetary-computer"
 
 
-def _needs_pc_signing(item: Mapping, hrefs: Mapping[str, str]) -> bool:
+def _needs_pc_signing(item: pystac.Item, hrefs: Mapping[str, str]) -> bool:
     """Planetary Computer items: Azure blob hrefs without a SAS token, in an item that links to the PC API."""
     unsigned = [h for h in hrefs.values()
                 if (urlparse(h).hostname or "").endswith(".blob.core.windows.net") and not urlparse(h).query]
     if not unsigned:
         return False
-    links = item.get("links") or []
-    return any("planetarycomputer.microsoft.com" in str(link.get("href", "")) for link in links
-               if isinstance(link, Mapping))
+    return any("planetarycomputer.microsoft.com" in str(link.get_href(transform_href=False) or "")
+               for link in item.links)
 
 
 def sign_href(href: str, signing: str) -> str:
@@ -249,21 +296,32 @@ def _bbox2d(bbox) -> tuple[float, float, float, float]:
     return (values[0], values[1], values[3], values[4]) if len(values) == 6 else tuple(values[:4])  # type: ignore
 
 
-def normalise_item(item: Mapping, base_href: str | None = None, signing: str | None = "auto") -> Scene:
-    """Normalise one STAC item dict. ``base_href`` resolves relative asset hrefs (local catalogs). ``signing``:
-    "auto" (detect Planetary Computer items), None (never sign), or "planetary-computer"."""
-    item_id = str(item.get("id", "?"))
-    props = item.get("properties") or {}
-    assets = item.get("assets") or {}
-    if not props.get("datetime"):
+def _href(asset: pystac.Asset, base_href: str | None) -> str:
+    """The asset's href, a relative one made absolute against ``base_href`` (the file the item was read from),
+    else against the item's self href."""
+    href = str(asset.href)
+    if is_absolute_href(href):
+        return href
+    if base_href:
+        return make_absolute_href(href, base_href)
+    return asset.get_absolute_href() or href
+
+
+def normalise_item(item: Mapping | pystac.Item, base_href: str | None = None, signing: str | None = "auto") -> Scene:
+    """Normalise one STAC item (a ``pystac.Item`` or an item dict). ``base_href`` (a path or URL) resolves relative
+    asset hrefs (local catalogs). ``signing``: "auto" (detect Planetary Computer items), None (never sign), or
+    "planetary-computer"."""
+    item = parse_item(item)
+    item_id = str(item.id)
+    if item.datetime is None:
         raise ItemError(f"item {item_id} has no datetime")
-    when = _parse_datetime(props["datetime"])
-    epsg = _epsg(props, assets)
-    chosen: dict[str, Mapping] = {}
-    for key, asset in assets.items():
-        if not isinstance(asset, Mapping) or not asset.get("href"):
+    when = _as_utc(item.datetime)
+    epsg = _epsg(item)
+    chosen: dict[str, pystac.Asset] = {}
+    for key, asset in item.assets.items():
+        if not asset.href:
             continue
-        name = _band_key(key, asset)
+        name = _band_key(key)
         if name is None:
             continue
         if name not in chosen or (_is_jp2(chosen[name]) and not _is_jp2(asset)):
@@ -275,43 +333,38 @@ def normalise_item(item: Mapping, base_href: str | None = None, signing: str | N
     grids: dict[str, tuple] = {}
     for name in BANDS + (SCL,):
         asset = chosen[name]
-        href = str(asset["href"])
-        if base_href and not re.match(r"^[a-z][a-z0-9+.-]*://", href) and not href.startswith("/"):
-            href = urljoin(base_href, href)
-            if href.startswith("file://"):
-                href = href[len("file://"):]
-        bands[name] = href
-        if asset.get("proj:shape") and asset.get("proj:transform"):
-            grids[name] = (tuple(asset["proj:shape"]), tuple(asset["proj:transform"])[:6])
+        bands[name] = _href(asset, base_href)
+        proj = AssetProjectionExtension(asset)  # reads the item's fields too: only a grid stated on the asset counts
+        if proj.shape and proj.transform and {"proj:shape", "proj:transform"} <= asset.extra_fields.keys():
+            grids[name] = (tuple(proj.shape), tuple(proj.transform)[:6])
 
-    baseline = _baseline(props, item_id)
-    scale, offset = _scale_offset(item_id, props, chosen["B04"], baseline, when)
+    baseline = _baseline(item.properties, item_id)
+    scale, offset = _scale_offset(item_id, item.properties, chosen["B04"], baseline, when)
 
-    bbox = item.get("bbox")
-    if not bbox or len(bbox) < 4:
+    if not item.bbox or len(item.bbox) < 4:
         raise ItemError(f"item {item_id} has no bbox")
-    cloud = props.get("eo:cloud_cover")
+    cloud = ItemEOExtension(item).cloud_cover
     if signing == "auto":
         signing = PLANETARY_COMPUTER if _needs_pc_signing(item, bands) else None
     return Scene(
         id=item_id,
         datetime=when,
         cloud_cover=None if cloud is None else float(cloud),
-        mgrs_tile=_mgrs(props, item_id),
+        mgrs_tile=_mgrs(item),
         epsg=epsg,
         bands=MappingProxyType(bands),
         scale=scale,
         offset=offset,
-        bbox=_bbox2d(bbox),
-        platform=props.get("platform"),
+        bbox=_bbox2d(item.bbox),
+        platform=item.common_metadata.platform,
         processing_baseline=baseline,
-        collection=item.get("collection"),
+        collection=item.collection_id,
         band_grids=MappingProxyType(grids),
         signing=signing,
     )
 
 
-def _scale_offset(item_id: str, props: Mapping, asset: Mapping, baseline: str | None,
+def _scale_offset(item_id: str, props: Mapping, asset: pystac.Asset, baseline: str | None,
                   when: datetime) -> tuple[float, float]:
     """(scale, offset) of the reflectance bands; see the module docstring for the rule."""
     meta_scale, meta_offset = _metadata_scale_offset(asset)

@@ -1,9 +1,10 @@
 """Search for Sentinel-2 L2A scenes: a STAC API (pystac-client), a local static catalog, or an item file.
 
-pystac-client cannot search a static catalog, so the local forms read the JSON themselves and filter by bbox,
-datetime and cloud cover in-process. A STAC API is searched with retries and timeouts (:mod:`treemap.io_env`),
-after checking that the collection exists, and pages are followed to the end. Every failure to reach or understand
-a catalog is a one-line CatalogError.
+A STAC API is searched with retries and timeouts (:mod:`treemap.io_env`), after checking that the collection exists,
+and pages are followed to the end; the query's AOI geometry, when it has one, is sent as ``intersects`` (else its
+bbox). Local catalogs are read with pystac and filtered in-process (:mod:`treemap.stac.local`). Both apply the same
+filter to what they get (:func:`treemap.stac.query.select`: footprint, date, cloud cover). Every failure to reach or
+understand a catalog is a one-line CatalogError.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass
-from datetime import datetime, time, timezone, date
 from pathlib import Path
-from typing import Iterable, Protocol
 from urllib.parse import urlparse
 
+import shapely
+
 from treemap.errors import CatalogError
-from treemap.stac.scene import ItemError, Scene, normalise_item, require_planetary_computer
+from treemap.stac.local import LocalCatalog
+from treemap.stac.query import Catalog, Query, date_window, normalise_all, select
+from treemap.stac.scene import Scene, require_planetary_computer
+
+__all__ = ["NAMED_CATALOGS", "ApiCatalog", "Catalog", "LocalCatalog", "Query", "date_window", "open_catalog",
+           "scene_table"]
 
 log = logging.getLogger("treemap.stac")
 
@@ -29,135 +34,6 @@ NAMED_CATALOGS: dict[str, tuple[str, str]] = {
     "planetary-computer": ("https://planetarycomputer.microsoft.com/api/stac/v1", "sentinel-2-l2a"),
     "cdse": ("https://stac.dataspace.copernicus.eu/v1", "sentinel-2-l2a"),
 }
-
-
-@dataclass(frozen=True)
-class Query:
-    """What to search: a lon/lat bbox, an inclusive date range and a cloud-cover ceiling (percent)."""
-
-    bbox: tuple[float, float, float, float]
-    start: date
-    end: date
-    max_cloud: float = 100.0
-
-    @property
-    def start_dt(self) -> datetime:
-        return datetime.combine(self.start, time.min, tzinfo=timezone.utc)
-
-    @property
-    def end_dt(self) -> datetime:
-        return datetime.combine(self.end, time.max, tzinfo=timezone.utc)
-
-
-def date_window(start: date | None, end: date | None, default_year: int) -> tuple[date, date]:
-    """Fill a missing end (or start) so the window spans one year; both missing: the whole ``default_year``.
-    Same rule as ``treemap.run.resolve_dates``, without importing the model stack (``treemap search`` stays fast)."""
-    from datetime import timedelta
-
-    from treemap.errors import DateRangeError
-
-    if start is None and end is None:
-        return date(default_year, 1, 1), date(default_year, 12, 31)
-    def shift(day: date, years: int) -> date:
-        return day.replace(year=day.year + years, day=min(day.day, 28) if (day.month, day.day) == (2, 29) else day.day)
-
-    if start is None:
-        start = shift(end, -1) + timedelta(days=1)
-    if end is None:
-        end = shift(start, 1) - timedelta(days=1)
-    if start > end:
-        raise DateRangeError(f"--start {start.isoformat()} is after --end {end.isoformat()}")
-    return start, end
-
-
-class Catalog(Protocol):
-    name: str
-
-    def search(self, query: Query) -> list[Scene]: ...
-
-
-def _bbox_intersects(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
-
-
-def _keep(scene: Scene, query: Query) -> bool:
-    if not query.start_dt <= scene.datetime <= query.end_dt:
-        return False
-    if scene.cloud_cover is not None and scene.cloud_cover > query.max_cloud:
-        return False
-    return _bbox_intersects(scene.bbox, query.bbox)
-
-
-def _normalise_all(items: Iterable[tuple[dict, str | None]]) -> list[Scene]:
-    scenes = []
-    for item, base in items:
-        try:
-            scenes.append(normalise_item(item, base_href=base))
-        except (ItemError, KeyError, TypeError, ValueError) as exc:
-            log.warning("skipping item %s: %s", item.get("id", "?") if isinstance(item, dict) else "?", exc)
-    return scenes
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CatalogError(f"catalog file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"cannot read catalog file {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise CatalogError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-class LocalCatalog:
-    """A static STAC catalog (``catalog.json``) or an item file (FeatureCollection / ItemCollection JSON)."""
-
-    def __init__(self, path: str | Path, name: str | None = None):
-        self.path = Path(path).resolve()
-        self.name = name or str(path)
-        self._scenes: list[Scene] | None = None
-
-    def _walk(self, path: Path, seen: set[Path]) -> Iterable[tuple[dict, str]]:
-        if path in seen:
-            return
-        seen.add(path)
-        doc = _read_json(path)
-        if not isinstance(doc, dict):
-            raise CatalogError(f"{path}: not a STAC document")
-        base = path.as_uri()
-        kind = doc.get("type")
-        if kind in ("FeatureCollection",) or "features" in doc:
-            for feature in doc.get("features") or []:
-                yield feature, base
-            return
-        if kind == "Feature":
-            yield doc, base
-            return
-        if kind not in ("Catalog", "Collection"):
-            raise CatalogError(f"{path}: not a STAC catalog, collection or item file (type={kind!r})")
-        for link in doc.get("links", []):
-            rel, href = link.get("rel"), link.get("href")
-            if rel not in ("child", "item") or not href:
-                continue
-            target = (path.parent / href).resolve() if not urlparse(href).scheme else Path(urlparse(href).path)
-            if rel == "child":
-                yield from self._walk(target, seen)
-            else:
-                item = _read_json(target)
-                if isinstance(item, dict):
-                    yield item, target.as_uri()
-
-    def scenes(self) -> list[Scene]:
-        if self._scenes is None:
-            self._scenes = _normalise_all(self._walk(self.path, set()))
-            if not self._scenes:
-                raise CatalogError(f"{self.path}: no Sentinel-2 L2A items in the catalog")
-        return self._scenes
-
-    def search(self, query: Query) -> list[Scene]:
-        # Planetary Computer items in a local file are signed when read (TileCube), which raises the same
-        # CatalogError if the planetary-computer package is missing; listing them needs no package.
-        return sorted((s for s in self.scenes() if _keep(s, query)), key=lambda s: (s.datetime, s.id))
 
 
 class ApiCatalog:
@@ -233,7 +109,7 @@ class ApiCatalog:
             finally:
                 for w in caught:  # pystac-client's notes on server conformance: not for the user's terminal
                     log.debug("pystac-client: %s", w.message)
-        scenes = sorted((s for s in _normalise_all(items) if _keep(s, query)), key=lambda s: (s.datetime, s.id))
+        scenes = select(normalise_all(items), query)
         log.debug("%d items from %s", len(items), self.url)
         return scenes
 
@@ -250,11 +126,12 @@ class ApiCatalog:
                 elif client.conforms_to(ConformanceClasses.FILTER):
                     cloud = {"filter": {"op": "<=", "args": [{"property": "eo:cloud_cover"}, query.max_cloud]},
                              "filter_lang": "cql2-json"}
+            where = {"bbox": list(query.bbox)} if query.geometry is None else {"intersects": _api_geometry(query)}
             search = client.search(
                 collections=[self.collection],
-                bbox=list(query.bbox),
                 datetime=[query.start_dt, query.end_dt],
                 limit=self.page_size,
+                **where,
                 **(cloud or {}),
             )
             return [(item, None) for item in search.items_as_dicts()]
@@ -262,6 +139,17 @@ class ApiCatalog:
             raise
         except Exception as exc:  # noqa: BLE001 - pystac-client raises many kinds; each becomes one line
             raise self._fail(exc) from None
+
+
+#: An AOI with more vertices is sent to an API as its convex hull (request size); the exact AOI filters the answer.
+MAX_API_VERTICES = 500
+
+
+def _api_geometry(query: Query) -> dict:
+    geometry = query.geometry
+    if shapely.get_num_coordinates(geometry) > MAX_API_VERTICES:
+        geometry = geometry.convex_hull
+    return geometry.__geo_interface__
 
 
 def _is_planetary_computer(url: str) -> bool:

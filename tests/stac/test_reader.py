@@ -1,0 +1,123 @@
+"""treemap's stackstac reader (``treemap.io_env.SkippingReader``, stackstac's public ``Reader`` protocol): broken
+assets of every kind become nodata with a warning naming scene and band, a bug still raises, readers pickle."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from test_adapters import SIZE, X0, Y1, _expected_10m, _item_on_local_cogs, _source_pixels, _tile, features
+from treemap.cube import TileCube
+from treemap.io_env import SkippingReader, clear_unreadable, unreadable_assets
+from treemap.stac import BANDS
+from treemap.stac.scene import normalise_item
+
+
+@pytest.fixture(autouse=True)
+def _fresh_record():
+    clear_unreadable()
+    yield
+    clear_unreadable()
+
+
+def _plain_tiff(path: Path, count: int = 1, crs: str | None = None) -> None:
+    kwargs = {"crs": crs, "transform": from_origin(X0, Y1, 10, 10)} if crs else {}
+    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=count, dtype="uint16",
+                       **kwargs) as ds:
+        ds.write(np.ones((count, SIZE, SIZE), np.uint16))
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_every_kind_of_broken_asset_is_nodata_with_a_warning(tmp_path, caplog):
+    """A missing file, a file without CRS (an AttributeError inside stackstac), a two-band file (a RuntimeError
+    of stackstac without a GDAL cause) and a truncated COG: each is nodata and named; the other bands are read."""
+    pixels = _source_pixels(5)
+    item = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "s", pixels)
+    href = {key: Path(item["assets"][key]["href"]) for key in ("nir", "blue", "green", "red")}
+    href["nir"].unlink()
+    _plain_tiff(href["blue"])
+    _plain_tiff(href["green"], count=2, crs="EPSG:32633")
+    data = href["red"].read_bytes()
+    href["red"].write_bytes(data[: len(data) // 2])
+    scene = normalise_item(item)
+    caplog.set_level(logging.WARNING, logger="treemap")
+    cube = TileCube([scene], _tile())
+    dn, scl = cube.load([0])
+
+    reasons = {band: reason for _, band, _, reason in cube.unreadable}
+    assert set(reasons) == {"B08", "B02", "B03", "B04"}
+    assert reasons["B02"] == "no CRS" and reasons["B03"] == "2 bands, not 1"
+    assert "No such file" in reasons["B08"]
+    for band in ("B02", "B03", "B04", "B08"):
+        assert (dn[0, BANDS.index(band)] == 0).all(), band
+        assert any(f"band {band} is unreadable" in r.message and scene.id in r.message for r in caplog.records)
+    for band in ("B05", "B8A", "B11", "B12"):
+        np.testing.assert_array_equal(dn[0, BANDS.index(band)], _expected_10m(pixels, band), err_msg=band)
+    np.testing.assert_array_equal(scl[0], _expected_10m(pixels, "SCL"))
+
+
+def test_a_bug_is_not_mistaken_for_a_broken_file(tmp_path, monkeypatch):
+    """An exception that is not a read error, from a file that is sound, propagates."""
+    from stackstac.rio_reader import AutoParallelRioReader
+
+    item = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "s", _source_pixels(6))
+
+    def broken(self, window, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(AutoParallelRioReader, "read", broken)
+    cube = TileCube([normalise_item(item)], _tile())
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        cube.load([0])
+    assert unreadable_assets() == {}
+
+
+def _reader(url: str) -> SkippingReader:
+    from stackstac.raster_spec import RasterSpec
+    from rasterio.enums import Resampling
+
+    spec = RasterSpec(epsg=32633, bounds=(X0, Y1 - SIZE * 10, X0 + SIZE * 10, Y1), resolutions_xy=(10.0, 10.0))
+    return SkippingReader(url=url, spec=spec, resampling=Resampling.nearest, dtype=np.dtype("uint16"),
+                          fill_value=np.uint16(0), scale_offset=(1, 0), gdal_env=None)
+
+
+def test_reader_pickles_and_reads_the_same_after(tmp_path):
+    pixels = _source_pixels(7)
+    item = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "s", pixels)
+    reader = _reader(item["assets"]["red"]["href"])
+    window = Window(0, 0, SIZE, SIZE)
+    first = reader.read(window)
+    clone = pickle.loads(pickle.dumps(reader))
+    assert isinstance(clone, SkippingReader) and clone is not reader
+    np.testing.assert_array_equal(clone.read(window), first)
+    np.testing.assert_array_equal(first, pixels["B04"])
+    reader.close()
+    clone.close()
+
+
+def test_an_asset_that_fails_is_not_tried_again(tmp_path, monkeypatch):
+    """GDAL has already retried a file that fails on its first read: later windows are nodata at once."""
+    from stackstac.rio_reader import AutoParallelRioReader
+
+    calls = []
+    original = AutoParallelRioReader.read
+
+    def counting(self, window, **kwargs):
+        calls.append(window)
+        return original(self, window, **kwargs)
+
+    monkeypatch.setattr(AutoParallelRioReader, "read", counting)
+    missing = str(tmp_path / "missing.tif")
+    reader = _reader(missing)
+    for window in (Window(0, 0, 8, 8), Window(8, 8, 8, 8), Window(0, 8, 8, 4)):
+        out = reader.read(window)
+        assert out.shape == (window.height, window.width) and (out == 0).all() and out.dtype == np.uint16
+    assert len(calls) == 1
+    assert list(unreadable_assets()) == [missing]
