@@ -19,7 +19,7 @@ EXPECTED_BUILTIN = {
     "RecipeError": ValueError, "RecipeNotFoundError": FileNotFoundError,
     "ExtractError": ValueError, "ShardError": ValueError, "SecoDataError": ValueError,
     "OutputError": OSError, "WriteError": OSError, "ClusterError": ConnectionError,
-    "RunLockedError": BlockingIOError, "DeviceError": ValueError,
+    "RunLockedError": BlockingIOError, "DeviceError": ValueError, "TilesFailedError": RuntimeError,
 }
 ERRORS = sorted(name for name, obj in vars(errors).items()
                 if isinstance(obj, type) and issubclass(obj, TreemapError) and obj is not TreemapError)
@@ -44,7 +44,7 @@ def test_each_error_is_the_matching_builtin(name, builtin):
 def test_exit_codes():
     assert TreemapError.exit_code == 2 and errors.AOIError("x").exit_code == 2
     assert errors.RunLockedError("x").exit_code == 75
-    assert errors.WriteError("x").exit_code == 74
+    assert errors.WriteError("x").exit_code == 74 and errors.TilesFailedError("x").exit_code == 3
 
 
 def test_os_error_flavours_keep_the_message():

@@ -135,7 +135,7 @@ def test_pixels_outside_the_aoi_are_nodata_and_work_is_resumable(run, aoi, small
 
 def test_bad_input_one_line_errors(small_world, aoi, tmp_path):
     out = tmp_path / "out"
-    proc = _treemap("phenology", "--aoi", aoi, "--catalog", small_world.catalog, "--year", 1990, "--out", out)
+    proc = _treemap("phenology", "--aoi", aoi, "--catalog", small_world.catalog, "--year", 2016, "--out", out)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("treemap: error: no Sentinel-2 L2A scenes")
     assert "Traceback" not in proc.stderr and not list(out.glob("*.tif"))

@@ -1,5 +1,6 @@
-"""Recipes: one typed loader (treemap.documents.read_recipe) for the option defaults of predict and phenology,
-extraction recipes and training recipes; every mistake is one line naming the field."""
+"""Recipes: one typed validator (treemap.recipes.validate, files read by treemap.documents.read_recipe) for the option
+defaults of predict and phenology and for training recipes; every mistake is one line naming the field. Extraction
+recipes: tests/test_extract_options.py."""
 
 import dataclasses
 import json
@@ -13,9 +14,9 @@ import pytest
 
 from train.recipe import load_recipe as load_training_recipe, recipe_from_dict
 from treemap.cli import _recipe_schema, cli
-from treemap.documents import FieldError, Ge, Interval, describe, read_recipe, validate
+from treemap.documents import read_recipe
 from treemap.errors import RecipeError, RecipeNotFoundError
-from treemap.extract import AuxSource, Compositing, load_recipe as load_extract_recipe
+from treemap.recipes import FieldError, Ge, Interval, describe, validate
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_AOI = {"type": "Polygon", "coordinates": [[[9.0, 50.0], [9.01, 50.0], [9.01, 50.01], [9.0, 50.01], [9.0, 50.0]]]}
@@ -152,35 +153,6 @@ def test_option_recipe_gives_defaults_and_the_command_line_wins(tmp_path):
     aoi.write_text(json.dumps({"type": "Point", "coordinates": [9, 50]}))
     line = one_error_line(treemap("predict", "--recipe", recipe, "--aoi", aoi))
     assert f"{aoi}: geometry type Point is not a Polygon" in line
-
-
-# -- extraction recipes ----------------------------------------------------------------------------------------------
-def test_extract_recipe_shorthands_and_paths(tmp_path):
-    path = tmp_path / "extract.yaml"
-    path.write_text("extract:\n  compositing: paper\n  shard_size: 10\n  taxonomy: species.csv\n"
-                    "  auxiliary:\n    elevation: dem.tif\n    bio01: {path: /data/bio.tif, band: 2, scale: 0.1}\n")
-    options = load_extract_recipe(path)
-    assert options.compositing == Compositing(scl_mask=False, max_cloud=30.0) and options.shard_size == 10
-    assert options.taxonomy == str(tmp_path / "species.csv")
-    assert options.auxiliary == {"elevation": AuxSource(str(tmp_path / "dem.tif")),
-                                 "bio01": AuxSource("/data/bio.tif", 2, 0.1)}
-
-
-@pytest.mark.parametrize("text, message", [
-    ("compositing: cloudy\n", "field 'compositing': must be 'treemap', 'paper' or a mapping"),
-    ("compositing: {max_cloud: 130}\n", "field 'compositing.max_cloud': must be a number between 0 and 100"),
-    ("shard_size: 0\n", "field 'shard_size': must be an integer >= 1 (got 0)"),
-    ("window: 64\n", "unknown key 'window' (did you mean 'window_px'?)"),
-    ("auxiliary:\n  elevation: {path: dem.tif, band: 0}\n", "field 'auxiliary.elevation.band': must be an integer"),
-    ("auxiliary:\n  longitude: lon.tif\n", "unknown auxiliary variables ['longitude']"),
-    ("default_year: 1999\n", "field 'default_year': must be an integer between 2015 and 2100 or null"),
-])
-def test_extract_recipe_errors(tmp_path, text, message):
-    path = tmp_path / "extract.yaml"
-    path.write_text(text)
-    with pytest.raises(RecipeError) as info:
-        load_extract_recipe(path)
-    assert str(info.value).startswith(f"recipe {path}: ") and message in str(info.value)
 
 
 # -- training recipes ------------------------------------------------------------------------------------------------

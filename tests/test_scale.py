@@ -118,7 +118,8 @@ def test_phenology_on_a_local_cluster_equals_the_serial_run(cluster_phenology, s
     np.testing.assert_array_equal(result, serial_phenology)
     (work,) = (out / WORK_DIR).iterdir()  # the lock is gone, the kept work folder has whole tiles only
     assert sorted(p.name for p in work.iterdir()) == sorted(
-        f"{t}{ext}" for t in ("r000c000", "r000c001", "r001c000", "r001c001") for ext in (".done", ".tif"))
+        [f"{t}{ext}" for t in ("r000c000", "r000c001", "r001c000", "r001c001") for ext in (".done", ".tif")]
+        + ["manifest.json", "treemap.log"])
 
 
 def test_phenology_resumes_on_a_scheduler_after_a_crash(small_world, aoi, cluster_phenology, serial_phenology,

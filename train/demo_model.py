@@ -1,9 +1,10 @@
 """Rebuild the shipped demo models from the offline demo world, reproducibly.
 
-    python -m train.demo_model [--work out/demo-model] [--points 4000] [--threads 1]
+    python -m train.demo_model [--work out/demo-model] [--n-points 4000] [--threads 1]
+    treemap train demo-model ...  (the same program)
 
 1. The default demo world (``treemap.demo.ensure_demo_world()``, seed 0).
-2. ``--points`` random tree pixels of it (seeded), labelled from ``truth/species.tif`` with the taxonomy of
+2. ``--n-points`` random tree pixels of it (seeded), labelled from ``truth/species.tif`` with the taxonomy of
    ``truth/classes.json``, written as a GlobalGeoTree-style points CSV.
 3. ``treemap.extract.extract_points`` on the demo catalog -> shards (the treemap compositing, as ``predict`` does).
 4. ``recipes/pretrain-tiny-demo.yaml`` on those shards, twice:
@@ -108,20 +109,41 @@ def build(work: Path, points: int = 4000, seed: int = 0, ship: bool = True, step
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.demo_model", description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=REPO / "out" / "demo-model", help="points, shards and runs")
-    parser.add_argument("--points", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
+class _OldPoints(argparse.Action):
+    """``--points N``, the spelling before --n-points (``--points`` is a points file in treemap extract/fewshot)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: --points N is deprecated and goes away in the next release: use --n-points "
+              f"{values}", file=sys.stderr)
+        namespace.n_points = values
+
+
+def build_parser(prog: str = "python -m train.demo_model") -> argparse.ArgumentParser:
+    """The options of ``python -m train.demo_model`` = ``treemap train demo-model``."""
+    from train import Parser
+
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "out" / "demo-model",
+                        help="work folder: points, shards and training runs (default: out/demo-model)")
+    parser.add_argument("--n-points", type=int, default=4000, metavar="N",
+                        help="random tree pixels sampled for training (default 4000)")
+    parser.add_argument("--points", type=int, dest="n_points", action=_OldPoints, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the point sample (the world is always the default seed-0 demo world)")
     parser.add_argument("--steps", type=int, help="override the recipe's length (quick trials)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--no-ship", action="store_true", help="train only; leave treemap/data/models alone")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m train.demo_model`` and ``treemap train demo-model``: prints one JSON line."""
+    args = build_parser(*([prog] if prog else [])).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
 
     torch.set_num_threads(args.threads)
-    summary = build(args.work, args.points, args.seed, ship=not args.no_ship, steps=args.steps)
+    summary = build(args.work, args.n_points, args.seed, ship=not args.no_ship, steps=args.steps)
     print(json.dumps(summary))
     return 0
 

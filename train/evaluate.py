@@ -2,6 +2,7 @@
 
     python -m train.evaluate --model MODEL --shards DIR --species GlobalGeoTree-10kEval-90.csv \
         [--few-shot 1 3] [--out report.json] [--markdown report.md]
+    treemap train evaluate ...  (the same program)
 
 * Zero-shot: every sample's location embedding against the text embeddings of all candidate species (the species
   list); top-1 and top-5 accuracy at species, genus and family level, where the genus and family predictions are
@@ -243,27 +244,57 @@ def markdown(report: dict) -> str:
     return f"{title}\n\n{head}\n" + "\n".join(rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="treemap .safetensors model or official .pth checkpoint")
+def build_parser(prog: str = "python -m train.evaluate") -> argparse.ArgumentParser:
+    """The options of ``python -m train.evaluate`` = ``treemap train evaluate``."""
+    from train import Parser
+
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True,
+                        help="the model: a treemap .safetensors, an official GeoTreeCLIP .pth, or 'demo' (the shipped "
+                             "demo model)")
     parser.add_argument("--shards", required=True, nargs="+", help="evaluation shards (folders, files, globs)")
-    parser.add_argument("--species", help="species list CSV (10kEval format: level0..level3_species, Category)")
+    parser.add_argument("--species", help="candidate species list CSV (10kEval format: level0..level3_species, "
+                                          "Category), or 'demo'; default: the species of the shards")
     parser.add_argument("--few-shot", nargs="*", type=int, default=[], metavar="K", help="shots, e.g. 1 3")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="samples per encoder batch (default 256; a model with per-batch normalisation "
+                             "depends on it)")
     parser.add_argument("--ft-epochs", type=int, default=10)
     parser.add_argument("--ft-lr", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, help="JSON report path")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot support sets and fine-tuning")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:1 ... (auto, the default: CUDA when this machine has it, else "
+                             "the CPU)")
+    parser.add_argument("--out", type=Path, help="output file: the JSON report")
     parser.add_argument("--markdown", type=Path, help="Markdown table path (default: stdout)")
+    return parser
+
+
+def _demo_file(folder: str, name: str) -> str:
+    """The path of a file shipped in treemap/data (the 'demo' model or species list)."""
+    from importlib import resources
+
+    return str(resources.files("treemap.data") / folder / name)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m train.evaluate`` and ``treemap train evaluate``: the report as JSON (``--out``) and Markdown."""
+    parser = build_parser(*([prog] if prog else []))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    model = _demo_file("models", "demo-tiny.safetensors") if args.model == "demo" else args.model
+    species = _demo_file("species", "demo.csv") if args.species == "demo" else args.species
     try:
-        report = evaluate(args.model, args.shards, args.species, shots=tuple(args.few_shot),
+        from treemap.infer import check_device
+
+        device = check_device(args.device)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        report = evaluate(model, args.shards, species, shots=tuple(args.few_shot),
                           batch_size=args.batch_size, ft_epochs=args.ft_epochs, ft_lr=args.ft_lr, seed=args.seed,
-                          device=args.device)
+                          device=device)
     except TreemapError as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     table = markdown(report)
     if args.out:

@@ -2,6 +2,7 @@
 
     python -m train.geotreeclip --recipe recipes/pretrain-tiny-demo.yaml [--shards DIR] [--out DIR]
     torchrun --nproc_per_node 8 -m train.geotreeclip --recipe recipes/pretrain-geotreeclip-6m.yaml
+    treemap train geotreeclip ...  (the same program)
 
 What one optimiser step does: ``accumulation`` micro-steps, each one global batch (``batch_size`` samples over all
 ranks) -> location embeddings and text embeddings (each distinct prompt of a rank's batch encoded once) -> gathered
@@ -479,24 +480,39 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.geotreeclip", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", required=True, type=Path, help="YAML pretraining recipe")
+def build_parser(prog: str = "python -m train.geotreeclip") -> argparse.ArgumentParser:
+    """The options of ``python -m train.geotreeclip`` = ``treemap train geotreeclip``."""
+    from train import Parser
+
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", required=True, type=Path,
+                        help="YAML training recipe (recipes/pretrain-*.yaml)")
     parser.add_argument("--shards", nargs="+", help="training shards (folders, files, globs); replaces data.shards")
     parser.add_argument("--out", type=Path, help="output folder; replaces output.dir")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a recipe value, e.g. --set train.steps=100")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in the output folder")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto (the default: CUDA when this machine has it, else the CPU), cpu or cuda; under "
+                             "torchrun each rank takes the GPU of its LOCAL_RANK")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m train.geotreeclip`` and ``treemap train geotreeclip``: prints the model's path."""
+    parser = build_parser(*([prog] if prog else []))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        from treemap.infer import check_device
+
+        check_device(args.device)  # --device cuda without CUDA: one line naming this machine's devices
         overrides = parse_overrides(args.set)
         if args.shards:
             overrides["data.shards"] = [str(Path(s).absolute()) if "://" not in s else s for s in args.shards]
@@ -505,10 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, overrides)
         result = run(recipe, resume=not args.no_resume, stop_after=args.stop_after, device=args.device)
     except TrainingInterrupted as exc:
-        print(f"train: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 3
     except TreemapError as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -1,6 +1,7 @@
 """SeCo-Eco pretraining: seasonal contrast (MoCo v2) on patches of phenological seasonal composites.
 
     python -m train.seco_eco --composites DIR/seasonal_composites.tif --out runs/x [--steps N] [--tiny] ...
+    treemap train seco-eco ...  (the same program)
 
 * Data (:func:`read_patches`): ``treemap phenology --seasonal`` writes ``seasonal_composites.tif`` (int16, nodata
   -32768, scale 1e-4, 40 bands = 4 seasons x 10 bands). It is cut into square patches (a location = a patch); a
@@ -364,34 +365,46 @@ def train(patches: SeasonalPatches, config: SecoTrainConfig = SecoTrainConfig(),
 
 
 # -- command line -----------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.seco_eco", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m train.seco_eco") -> argparse.ArgumentParser:
+    """The options of ``python -m train.seco_eco`` = ``treemap train seco-eco``."""
+    from train import Parser
+
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--composites", required=True, help="seasonal_composites.tif from treemap phenology --seasonal")
     p.add_argument("--out", required=True, help="output folder (seco.safetensors, metrics.jsonl, checkpoint.pt)")
-    p.add_argument("--patch-size", type=int, default=64)
-    p.add_argument("--stride", type=int, default=None)
-    p.add_argument("--min-valid", type=float, default=0.5)
+    p.add_argument("--patch-size", type=int, default=64, help="edge of a location's square patch in pixels")
+    p.add_argument("--stride", type=int, default=None, help="patch stride in pixels (default: the patch size)")
+    p.add_argument("--min-valid", type=float, default=0.5,
+                   help="share of a patch's pixels that must have all bands for a season to be usable")
     p.add_argument("--tiny", action="store_true", help="tiny ResNet (smoke runs on a CPU)")
     d = SecoTrainConfig()
+    helps = {"batch_size": "locations per training step", "seed": "seed of the sampling, augmentations and "
+             "initialisation", "steps": "training steps (a second run with the same --out resumes)"}
     for name in ("steps", "batch_size", "queue_size", "seed", "log_every", "checkpoint_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=helps.get(name))
     for name in ("lr", "key_momentum", "temperature", "weight_decay", "noise"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m train.seco_eco`` and ``treemap train seco-eco``: prints the model's path."""
+    p = build_parser(*([prog] if prog else []))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     try:
         fields = {k: getattr(args, k) for k in ("steps", "batch_size", "queue_size", "seed", "log_every",
                                                   "checkpoint_every", "lr", "key_momentum", "temperature",
                                                   "weight_decay", "noise")}
-        config = replace(d, **fields)
+        config = replace(SecoTrainConfig(), **fields)
         patches = read_patches(args.composites, args.patch_size, args.stride, args.min_valid)
         log.info("%d locations from %s", len(patches), args.composites)
         train(patches, config, SecoConfig.tiny() if args.tiny else SecoConfig(), args.out)
     except TreemapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     print(Path(args.out) / "seco.safetensors")
     return 0

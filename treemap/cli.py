@@ -9,26 +9,76 @@ from datetime import date, datetime
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from treemap import __version__
+from treemap.dates import ERA, year_range
 from treemap.errors import TreemapError
 
 log = logging.getLogger("treemap")
 
+# -- the words every command shares -----------------------------------------------------------------------------------
+
+
+def _option_words(param, ctx, value) -> str:
+    """``--year 0``, or ``--year 0 (from --recipe)`` when the value came from a recipe."""
+    name = max(param.opts, key=len) if param is not None and param.opts else "value"
+    words = f"{name} {value}"
+    if param is not None and ctx is not None and ctx.get_parameter_source(param.name) is ParameterSource.DEFAULT_MAP:
+        words += " (from --recipe)"
+    return words
+
+
+class _YearType(click.IntRange):
+    """A year of Sentinel-2 imagery: ``year_range()``; anything else is one usage error naming the range."""
+
+    name = "year"
+
+    def __init__(self):
+        super().__init__(*year_range())
+
+    def convert(self, value, param, ctx):
+        try:
+            year = value if type(value) is int else int(str(value).strip())
+        except ValueError:
+            raise click.UsageError(f"{_option_words(param, ctx, value)} is not a year like 2022", ctx) from None
+        first, last = year_range()
+        if not first <= year <= last:
+            raise click.UsageError(f"{_option_words(param, ctx, value)} is outside {first}..{last} ({ERA})", ctx)
+        return year
+
 
 class _DateType(click.ParamType):
+    """A YYYY-MM-DD date in the years of ``year_range()``."""
+
     name = "YYYY-MM-DD"
 
     def convert(self, value, param, ctx):
         if isinstance(value, date):
-            return value
-        try:
-            return datetime.strptime(value, "%Y-%m-%d").date()
-        except ValueError:
-            self.fail(f"{value!r} is not a date like 2022-06-30", param, ctx)
+            day = value.date() if isinstance(value, datetime) else value
+        else:
+            try:
+                day = datetime.strptime(str(value), "%Y-%m-%d").date()
+            except ValueError:
+                raise click.UsageError(f"{_option_words(param, ctx, value)} is not a date like 2022-06-30",
+                                       ctx) from None
+        first, last = year_range()
+        if not first <= day.year <= last:
+            raise click.UsageError(f"{_option_words(param, ctx, value)} is outside {first}-01-01..{last}-12-31 "
+                                   f"({ERA})", ctx)
+        return day
 
 
+YEAR = _YearType()
 DATE = _DateType()
+
+CATALOG_HELP = ("demo, earth-search, earth-search-c1, planetary-computer, cdse, a STAC API URL (optionally "
+                ".../collections/ID), a catalog.json or an item file.")
+MODEL_HELP = "a treemap .safetensors, an official GeoTreeCLIP .pth, or 'demo' (the shipped demo model)"
+DEVICE_HELP = "auto, cpu, cuda, cuda:1 ... (auto: CUDA when this machine has it, else the CPU)."
+AOI_HELP = "Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326."
+RECIPE_HELP = "YAML recipe of option defaults (see recipes/); command-line options win."
+OUT_FOLDER_HELP = "Output folder."
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -41,8 +91,34 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
 
+class _OneLineUsageError(click.UsageError):
+    """A usage mistake (unknown option, bad value, missing option) as one line, like every other user mistake."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(" ".join(error.format_message().split()), error.ctx)
+
+    def show(self, file=None) -> None:
+        click.echo(f"treemap: error: {self.message}", err=True)
+
+
+# click >= 8.2 raises this for `treemap model` without a subcommand; it shows the help, which stays as it is
+_SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(error: click.UsageError) -> click.UsageError:
+    if isinstance(error, (_OneLineUsageError, _SHOWS_HELP)):
+        return error
+    return _OneLineUsageError(error)
+
+
 class _Group(click.Group):
-    """Turns treemap's typed errors into one line on stderr and a non-zero exit."""
+    """Turns treemap's typed errors and click's usage errors into one line on stderr and a non-zero exit."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx):
         try:
@@ -50,6 +126,8 @@ class _Group(click.Group):
         except TreemapError as exc:
             click.echo(f"treemap: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except KeyboardInterrupt:
             click.echo("treemap: interrupted", err=True)
             ctx.exit(130)
@@ -98,7 +176,7 @@ def _recipe_schema(command: click.Command) -> type:
 
     fields = []
     for p in command.params:
-        if p.name == "recipe" or not isinstance(p, click.Option):
+        if p.name == "recipe" or not isinstance(p, click.Option) or p.hidden:
             continue
         kind = p.type
         if isinstance(kind, (click.IntRange, click.FloatRange)):
@@ -116,6 +194,21 @@ def _recipe_schema(command: click.Command) -> type:
     return dataclasses.make_dataclass(f"{command.name.title()}Recipe", fields, frozen=True)
 
 
+def _recipe_option(command):
+    return click.option("--recipe", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
+                        callback=_load_recipe, help=RECIPE_HELP)(command)
+
+
+def _window_options(command):
+    """--start, --end and --year: the acquisition window of predict and search."""
+    first, last = year_range()
+    command = click.option("--year", type=YEAR, help="Shortcut for --start YEAR-01-01 --end YEAR-12-31.")(command)
+    command = click.option("--end", type=DATE, help=f"Last acquisition date, {first}-01-01 to {last}-12-31 "
+                           "(default: one year after --start).")(command)
+    return click.option("--start", type=DATE, help=f"First acquisition date, {first}-01-01 to {last}-12-31 "
+                        "(default: Jan 1 of the year).")(command)
+
+
 def _cluster_options(command):
     """--workers and --scheduler: where a run's tiles are computed (treemap.scale)."""
     command = click.option(
@@ -128,6 +221,18 @@ def _cluster_options(command):
              "1 runs the tiles in this process.")(command)
 
 
+def _max_unreadable_option(command):
+    """--max-unreadable: the share of a tile's assets that may be unreadable before the tile fails."""
+    from treemap.io_env import DEFAULT_MAX_UNREADABLE
+
+    return click.option(
+        "--max-unreadable", "max_unreadable", default=DEFAULT_MAX_UNREADABLE, show_default=True,
+        type=click.FloatRange(0, 1), metavar="FRACTION",
+        help="A tile with a larger share of its assets (scene x band files) unreadable fails (exit code 3) instead "
+             "of being written with holes; unreadable assets below it are read as nodata and named in the "
+             "summary, tags and log.")(command)
+
+
 def _print_products(result, as_json: bool) -> None:
     """A run's summary as JSON, or its product paths one per line (stdout)."""
     if as_json:
@@ -138,34 +243,31 @@ def _print_products(result, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--recipe", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
-              callback=_load_recipe, help="YAML file of option defaults (see recipes/).")
-@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path, dir_okay=True),
-              help="Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326.")
+@_recipe_option
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path, dir_okay=True), help=AOI_HELP)
 @click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
-              help="Output folder.")
-@click.option("--catalog", default="earth-search", show_default=True,
-              help="demo, earth-search, planetary-computer, cdse, a STAC API URL, a catalog.json or an item file.")
-@click.option("--start", type=DATE, help="First acquisition date (default: Jan 1 of the year).")
-@click.option("--end", type=DATE, help="Last acquisition date (default: one year after --start).")
-@click.option("--year", type=int, help="Shortcut for --start YEAR-01-01 --end YEAR-12-31.")
+              help=OUT_FOLDER_HELP)
+@click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
+@_window_options
 @click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
               help="Skip scenes with more cloud cover (percent); pixels are masked with SCL anyway.")
 @click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
               help="Tile edge in 10 m pixels.")
-@click.option("--model", help="Model: a treemap .safetensors, an official .pth, or 'demo' (default for --catalog demo).")
+@click.option("--model", help=f"The model: {MODEL_HELP}; default 'demo' for --catalog demo.")
 @click.option("--species", help="Candidate species list CSV, or 'demo' (default for --catalog demo).")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1),
+              help="Pixels per encoder batch.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--head", type=click.Path(path_type=Path),
               help="A few-shot head file (treemap fewshot) fitted on --model: maps the head's species.")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(0, 20),
               help="Also write top_species.tif: the k most probable species per pixel and their probabilities.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
+@_max_unreadable_option
 @_cluster_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product paths.")
 def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device, head,
-            top_k, keep_work, workers, scheduler, as_json):
+            top_k, keep_work, max_unreadable, workers, scheduler, as_json):
     """Map species probabilities over an AOI; prints the paths of the COGs written."""
     from treemap.run import PredictRequest, predict as run_predict
 
@@ -173,19 +275,17 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
     result = run_predict(PredictRequest(
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
         model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work, head=head,
-        top_k=top_k, scheduler=scheduler, workers=workers))
+        top_k=top_k, scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
     _print_products(result, as_json)
 
 
 @cli.command()
-@click.option("--recipe", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
-              callback=_load_recipe, help="YAML file of option defaults (see recipes/).")
-@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path),
-              help="Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326.")
-@click.option("--year", required=True, type=click.IntRange(1, 9998), help="The year whose seasons are reported.")
+@_recipe_option
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path), help=AOI_HELP)
+@click.option("--year", required=True, type=YEAR, help="The year whose seasons are reported.")
 @click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
-              help="Output folder.")
-@click.option("--catalog", default="earth-search", show_default=True, help="Any --catalog form of predict.")
+              help=OUT_FOLDER_HELP)
+@click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
 @click.option("--index", type=click.Choice(["evi", "ndvi"]), default="evi", show_default=True,
               help="Vegetation index the seasons are read from.")
 @click.option("--margin-days", default=183, show_default=True, type=click.IntRange(0, 366),
@@ -199,17 +299,18 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
 @click.option("--seasonal", is_flag=True, help="Also write seasonal_composites.tif: clear-sky medians of the four "
               "phenological seasons.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
+@_max_unreadable_option
 @_cluster_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product paths.")
 def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observations, tile_size, seasonal,
-              keep_work, workers, scheduler, as_json):
+              keep_work, max_unreadable, workers, scheduler, as_json):
     """Season timing per pixel (MCD12Q2 transition dates) for one year; prints the paths of the COGs written."""
     from treemap.phenology_run import PhenologyRequest, run_phenology
 
     result = run_phenology(PhenologyRequest(
         aoi=aoi, out=out, year=year, catalog=catalog, index=index, margin_days=margin_days, max_cloud=max_cloud,
         tile_size=tile_size, min_observations=min_observations, seasonal=seasonal, keep_work=keep_work,
-        scheduler=scheduler, workers=workers))
+        scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
     _print_products(result, as_json)
 
 
@@ -217,7 +318,7 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="World seed (layout, clouds, phenology): 0 to 4294967295.")
 @click.option("--out", "out", type=click.Path(path_type=Path),
-              help="Folder for the world (default: the cache used by --catalog demo).")
+              help="Output folder for the world (default: the cache used by --catalog demo).")
 def demo(seed, out):
     """Build the offline demo world (a synthetic Sentinel-2 L2A catalog); prints its catalog.json path."""
     from treemap.demo import WorldSpec, build_world, ensure_demo_world
@@ -227,17 +328,12 @@ def demo(seed, out):
 
 
 @cli.command()
-@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path),
-              help="Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326.")
-@click.option("--start", type=DATE, help="First acquisition date (default: Jan 1 of the year).")
-@click.option("--end", type=DATE, help="Last acquisition date (default: one year after --start).")
-@click.option("--year", type=int, help="Shortcut for --start YEAR-01-01 --end YEAR-12-31.")
-@click.option("--catalog", default="earth-search", show_default=True,
-              help="demo, earth-search, earth-search-c1, planetary-computer, cdse, a STAC API URL (optionally "
-                   ".../collections/ID), a catalog.json or an item file.")
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path), help=AOI_HELP)
+@_window_options
+@click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
 @click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
               help="Skip scenes with more cloud cover (percent).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per scene instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per scene instead of a table.")
 def search(aoi, start, end, year, catalog, max_cloud, as_json):
     """List the scenes `predict` would use (stdout); exits non-zero when there are none."""
     from treemap.aoi import read_aoi
@@ -266,11 +362,11 @@ def search(aoi, start, end, year, catalog, max_cloud, as_json):
 @cli.command()
 @click.option("--points", required=True, type=click.Path(path_type=Path),
               help="Occurrence CSV: longitude, latitude, year and level0/family/genus/species columns.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder for the shards.")
-@click.option("--catalog", default="earth-search", show_default=True, help="Any --catalog form of predict.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder for the shards.")
+@click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
 @click.option("--recipe", type=click.Path(path_type=Path),
-              help="YAML: compositing, shard size, auxiliary rasters (see recipes/).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of shard paths.")
+              help="YAML extraction recipe: compositing, shard size, auxiliary rasters (see recipes/).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the shard paths.")
 def extract(points, out, catalog, recipe, as_json):
     """Training shards (official GeoTreeCLIP format) for occurrence points; resumable."""
     from treemap.extract import extract_points
@@ -284,31 +380,51 @@ def extract(points, out, catalog, recipe, as_json):
     log.info("%d samples written, %d points skipped (see %s)", result.written, result.skipped, result.report)
 
 
+HEAD_KINDS = ("prototype", "linear")
+
+
 @cli.command()
 @click.option("--points", required=True, type=click.Path(path_type=Path),
               help="Labelled points: GeoJSON Point features (properties: species, optional genus, family, level0, "
                    "year) or a CSV like extract takes.")
-@click.option("--model", "model_ref", required=True, help="The model the head is for: a .safetensors/.pth or 'demo'.")
-@click.option("--catalog", default="earth-search", show_default=True, help="Any --catalog form of predict.")
-@click.option("--head", "kind", type=click.Choice(["prototype", "linear"]), default="prototype", show_default=True,
-              help="prototype: class means (from one sample per species); linear: logistic regression.")
-@click.option("--year", type=click.IntRange(2015, 2100), help="Imagery year for points without a year.")
+@click.option("--model", "model_ref", required=True, help=f"The model the head is for: {MODEL_HELP}.")
+@click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
+@click.option("--kind", type=click.Choice(HEAD_KINDS), default="prototype", show_default=True,
+              help="The head to fit. prototype: class means (from one sample per species); linear: logistic "
+                   "regression.")
+@click.option("--head", "old_kind", hidden=True, help="Deprecated spelling of --kind (predict --head is a file).")
+@click.option("--year", type=YEAR, help="Imagery year for points without a year.")
 @click.option("--taxonomy", type=click.Path(path_type=Path),
               help="Species-list CSV filling in level0/family/genus for points that give only the species.")
 @click.option("--out", "out", type=click.Path(path_type=Path),
-              help="Head file (default: MODEL.head-KIND.safetensors beside the model).")
-@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+              help="Output file for the head (default: MODEL.head-KIND.safetensors beside the model).")
+@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1),
+              help="Points per encoder batch.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the head's path.")
-def fewshot(points, model_ref, catalog, kind, year, taxonomy, out, batch_size, device, as_json):
+@click.pass_context
+def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out, batch_size, device, as_json):
     """Fit a few-shot species head from labelled points; use it with `predict --head`."""
     from treemap.fewshot import FewShotRequest, fit_from_points
     from treemap.infer import check_device
 
+    if old_kind is not None:
+        kind = _deprecated_head_kind(ctx, old_kind)
     check_device(device)
     result = fit_from_points(FewShotRequest(points=points, model=model_ref, catalog=catalog, kind=kind, out=out,
                                             year=year, taxonomy=taxonomy, batch_size=batch_size, device=device))
     click.echo(json.dumps(result.to_json()) if as_json else str(result.head))
+
+
+def _deprecated_head_kind(ctx, value: str) -> str:
+    """``fewshot --head KIND``, the spelling before --kind: accepted for one release, with a warning."""
+    if ctx.get_parameter_source("kind") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("fewshot takes --kind; leave out --head")
+    if value not in HEAD_KINDS:
+        raise click.UsageError(f"fewshot --head {value}: the head kind is now --kind {'|'.join(HEAD_KINDS)} "
+                               f"(a head file is for predict --head)")
+    log.warning("fewshot --head %s is deprecated and goes away in the next release: use --kind %s", value, value)
+    return value
 
 
 @cli.group()
@@ -318,7 +434,8 @@ def model():
 
 @model.command("import")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Target .safetensors file.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Output file: the .safetensors model.")
 @click.option("--stats", type=click.Path(path_type=Path),
               help="JSON with band_min/band_max/aux_min/aux_max: switch to fixed (batch-independent) normalisation.")
 @click.option("--stats-from-shards", "stats_shards", type=click.Path(path_type=Path),
@@ -357,6 +474,51 @@ def model_info(path):
 
     _, card = load_model(path)
     click.echo(card.to_json())
+
+
+# -- treemap train: the train/ programs -------------------------------------------------------------------------------
+# name -> (module, one line for `treemap train --help`). The modules are imported only when one runs (torch).
+TRAIN_COMMANDS = {
+    "geotreeclip": ("train.geotreeclip", "Pretrain GeoTreeCLIP on GlobalGeoTree-format shards."),
+    "evaluate": ("train.evaluate", "Zero- and few-shot accuracy of a GeoTreeCLIP model."),
+    "seco-eco": ("train.seco_eco", "Pretrain SeCo-Eco on phenology seasonal composites."),
+    "demo-model": ("train.demo_model", "Rebuild the shipped demo models from the offline demo world."),
+}
+
+
+class _TrainCommand(click.Command):
+    """``treemap train NAME ARGS...``: ARGS go unparsed to ``train.MODULE.main(ARGS, prog=...)``, the function behind
+    ``python -m train.MODULE``, so both spellings share one parser (its options, its --help) and one behaviour."""
+
+    def __init__(self, name: str, module: str, summary: str):
+        super().__init__(
+            name, help=f"{summary} Same as `python -m {module}`; `treemap train {name} --help` lists its options.",
+            short_help=summary, add_help_option=False,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+            params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)])
+        self.module = module
+
+    def invoke(self, ctx):
+        import importlib
+
+        program = importlib.import_module(self.module)
+        try:
+            code = program.main(list(ctx.params["args"]), prog=ctx.command_path)
+        except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+            code = exc.code
+        if code is not None and not isinstance(code, int):
+            click.echo(str(code), err=True)
+            code = 1
+        ctx.exit(code or 0)
+
+
+@cli.group(context_settings={"help_option_names": ["-h", "--help"]})
+def train():
+    """Pretrain and evaluate the encoders (the train/ programs; each is also `python -m train.MODULE`)."""
+
+
+for _name, (_module, _summary) in TRAIN_COMMANDS.items():
+    train.add_command(_TrainCommand(_name, _module, _summary))
 
 
 def main() -> None:

@@ -136,6 +136,13 @@ class DeviceError(TreemapError, ValueError):
     """A --device that does not exist or is not available on this machine."""
 
 
+
+class TilesFailedError(TreemapError, RuntimeError):
+    """Some tiles of a run failed (reading, computing, too many unreadable assets); the others are done and kept,
+    no product was written. Exit code 3; a rerun retries only the failed tiles."""
+
+    exit_code = 3
+
 # A class that is both a ValueError and an OSError finds ValueError.__new__ first in its MRO, which refuses to build
 # an OSError-shaped instance. Pickling that calls ``cls.__new__`` (tblib, used by dask to ship a worker's error to
 # the client) then fails; OSError's constructor is the right one for every error that is an OSError.

@@ -7,7 +7,7 @@ Settings come from the environment, read when a search or a cube is set up:
 variable                        default  meaning
 ==============================  =======  ==========================================================================
 ``TREEMAP_HTTP_RETRIES``        5        retries of one request after a connection error, a timeout, or an
-                                         HTTP 429 / 502 / 503 / 504 answer
+                                         HTTP 429 / 500 / 502 / 503 / 504 answer
 ``TREEMAP_HTTP_BACKOFF``        1.0      seconds before the first retry; each further retry waits about twice as
                                          long (capped at 30 s)
 ``TREEMAP_HTTP_TIMEOUT``        60       seconds one request may wait for an answer
@@ -29,9 +29,12 @@ from dataclasses import dataclass
 
 log = logging.getLogger("treemap.io")
 
-#: HTTP answers that are worth retrying: rate limiting and the gateway/unavailable family. A plain 500 is not
-#: retried: servers answer it for requests that will fail again.
-RETRY_STATUS: tuple[int, ...] = (429, 502, 503, 504)
+#: HTTP answers that are worth retrying: rate limiting, and every server-side failure a busy or restarting server
+#: gives (object stores and tile servers answer a plain 500 for transient faults too).
+RETRY_STATUS: tuple[int, ...] = (429, 500, 502, 503, 504)
+#: A tile with a larger fraction of its assets (scene x band files) unreadable fails instead of being written with
+#: holes (``--max-unreadable``).
+DEFAULT_MAX_UNREADABLE = 0.05
 #: File extensions GDAL may expect on a remote server (saves a directory listing per open).
 RASTER_EXTENSIONS = ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2"
 
@@ -153,8 +156,12 @@ def is_read_error(exc: BaseException | None) -> bool:
     (``rasterio.errors``, or one of the ``CPLE_*`` errors GDAL raises through rasterio) or an ``OSError``."""
     from rasterio.errors import RasterioError
 
+    from treemap.errors import TreemapError
+
     seen = 0
     while exc is not None and seen < 8:
+        if isinstance(exc, TreemapError):  # treemap's own errors are OSErrors too, but never a file's fault
+            return False
         if isinstance(exc, (RasterioError, OSError)) or type(exc).__module__.split(".")[0] == "rasterio":
             return True
         exc, seen = exc.__cause__, seen + 1

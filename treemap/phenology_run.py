@@ -29,12 +29,14 @@ import numpy as np
 
 from treemap import __version__
 from treemap.aoi import read_aoi
-from treemap.errors import DateRangeError, NoScenesError, TreemapError
+from treemap.dates import check_year
+from treemap.errors import DateRangeError, TreemapError
 from treemap.grid import Tile, TilePlan, core_index, core_mask, plan_tiles
 from treemap.outputs import NODATA_I16, ProductSpec, ensure_writable_dir
 from treemap.scale import ClusterSpec
-from treemap.stac import Query, open_catalog
-from treemap.tiles import RunSummary, TileResult, run_job
+from treemap.cube import ASSETS
+from treemap.tiles import (DEFAULT_MAX_UNREADABLE, RunSummary, TileResult, find_scenes, run_job,
+                           unreadable_assets, unreadable_tags)
 from treemap.workdir import WORK_DIR, work_lock
 
 __all__ = ["PhenologyRequest", "PhenologyRunResult", "PhenologyJob", "run_phenology", "search_window",
@@ -67,6 +69,7 @@ class PhenologyRequest:
     keep_work: bool = False
     scheduler: str | None = None  # an existing dask scheduler's address or scheduler file; None: this machine
     workers: int | None = None  # worker processes on this machine (None: one per CPU core)
+    max_unreadable: float = DEFAULT_MAX_UNREADABLE  # a tile with more unreadable assets fails
 
     def cluster(self) -> ClusterSpec:
         return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
@@ -76,9 +79,11 @@ class PhenologyRequest:
 class PhenologyRunResult(RunSummary):
     year: int = 0
     qa_counts: dict[str, int] = field(default_factory=dict)
+    unreadable: tuple[tuple[str, str, str, str], ...] = ()
 
     def to_json(self) -> dict:
-        return {**super().to_json(), "year": self.year, "qa_counts": self.qa_counts}
+        return {**super().to_json(), "year": self.year, "qa_counts": self.qa_counts,
+                "unreadable_assets": [dict(zip(("scene", "band", "href", "reason"), u)) for u in self.unreadable]}
 
 
 def search_window(year: int, margin_days: int) -> tuple[date, date]:
@@ -182,49 +187,51 @@ class PhenologyJob:
             seasons[:, outside] = NODATA_I16
             data = np.concatenate([data, seasons])
         qa = np.bincount(result.qa[inputs.inside], minlength=5).tolist()
-        return TileResult(data, NODATA_I16, {"scenes": len(inputs.cube.scenes), "dates": int(inputs.dates.shape[0]),
-                                              "qa": qa, "unreadable": [list(u) for u in inputs.cube.unreadable]})
+        n_scenes = len(inputs.cube.scenes)
+        return TileResult(data, NODATA_I16, {"scenes": n_scenes, "assets": n_scenes * len(ASSETS),
+                                              "dates": int(inputs.dates.shape[0]), "qa": qa,
+                                              "unreadable": [list(u) for u in inputs.cube.unreadable]})
 
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
-        return phenology_products(self.request, self.start, self.end, self.n_scenes)
+        tags = unreadable_tags(unreadable_assets(plan, records))
+        return phenology_products(self.request, self.start, self.end, self.n_scenes, tags)
 
 
 def run_phenology(request: PhenologyRequest) -> PhenologyRunResult:
     """Run a phenology job and return the products written."""
     if request.index not in ("evi", "ndvi"):
         raise TreemapError(f"unknown index {request.index!r}: use evi or ndvi")
-    if not 1 <= request.year <= 9998 or request.margin_days < 0:
-        raise DateRangeError(f"invalid year {request.year} or margin {request.margin_days}")
-    cluster = request.cluster()
+    check_year(request.year)
+    if request.margin_days < 0:
+        raise DateRangeError(f"invalid margin {request.margin_days} days: use 0 or more")
+    cluster = request.cluster().check()
     aoi = read_aoi(request.aoi)
     start, end = search_window(request.year, request.margin_days)
     out = ensure_writable_dir(Path(request.out))
     with work_lock(out):
-        catalog = open_catalog(request.catalog)
-        scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud,
-                                           geometry=aoi.geometry))
-        if not scenes:
-            raise NoScenesError(f"no Sentinel-2 L2A scenes in {catalog.name} for the AOI between {start} and {end}")
-        log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
+        scenes = find_scenes(request.catalog, aoi, start, end, request.max_cloud)
         plan = plan_tiles(aoi, tile_size=request.tile_size)
         job = PhenologyJob(request, start, end, len(scenes))
-        result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work)
+        result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work,
+                         max_unreadable=request.max_unreadable)
     qa_total = np.zeros(5, dtype=np.int64)
     for record in result.records.values():
         qa_total += np.asarray(record.get("qa", [0] * 5)[:5], dtype=np.int64)
     qa_counts = {name: int(c) for name, c in zip(QA_KEYS, qa_total)}
     return PhenologyRunResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
-                              request.year, qa_counts)
+                              request.year, qa_counts, tuple(unreadable_assets(plan, result.records)))
 
 
-def phenology_products(request: PhenologyRequest, start: date, end: date, n_scenes: int) -> list[ProductSpec]:
+def phenology_products(request: PhenologyRequest, start: date, end: date, n_scenes: int,
+                       extra_tags: dict[str, str] | None = None) -> list[ProductSpec]:
     from treemap.phenology import METRIC_DESCRIPTIONS, METRIC_NAMES, SEASONS
     from treemap.phenology.tile import BAND_ORDER
 
     tags = {"TREEMAP_VERSION": __version__, "TREEMAP_PERIOD": f"{start.isoformat()}/{end.isoformat()}",
             "TREEMAP_SCENES": str(n_scenes), "TREEMAP_YEAR": str(request.year),
             "TREEMAP_INDEX": request.index.upper(),
-            "TREEMAP_DAY_OF_YEAR": f"dates are days of year of {request.year}: 1 = {request.year}-01-01"}
+            "TREEMAP_DAY_OF_YEAR": f"dates are days of year of {request.year}: 1 = {request.year}-01-01",
+            **(extra_tags or {})}
     bands = []
     for name, description in zip(METRIC_NAMES, METRIC_DESCRIPTIONS):
         band = {"description": name, "metadata": {"long_name": description}}

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from treemap.dates import in_era, year_range
 from treemap.documents import read_csv_rows, row_width
 from treemap.errors import PointsError, TreemapError  # noqa: F401 (PointsError: re-exported)
 
@@ -112,8 +113,9 @@ def read_points(path: str | Path, *, taxonomy: str | None = None,
             year = int(float(year_text)) if year_text else default_year
             if year is None:
                 raise ValueError("no year")
-            if not 2015 <= year <= 2100:
-                raise ValueError(f"year {year} is outside the Sentinel-2 era")
+            if not in_era(year):
+                first, last = year_range()
+                raise ValueError(f"year {year} is outside {first}..{last} (the Sentinel-2 era to next year)")
             species = (row.get(cols["species"]) or "").strip()
             family = (row.get(cols["family"]) or "").strip() if cols["family"] else ""
             genus = (row.get(cols["genus"]) or "").strip() if cols["genus"] else ""

@@ -39,10 +39,10 @@ def tile_bands(probs: np.ndarray, species: SpeciesList, top_k: int = 0) -> np.nd
     return np.concatenate(parts)
 
 
-def run_tags(start: date, end: date, n_scenes: int, n_unreadable: int = 0) -> dict[str, str]:
-    """Tags every product of a run carries."""
+def run_tags(start: date, end: date, n_scenes: int) -> dict[str, str]:
+    """Tags every product of a run carries (the engine adds the unreadable assets)."""
     return {"TREEMAP_VERSION": __version__, "TREEMAP_PERIOD": f"{start.isoformat()}/{end.isoformat()}",
-            "TREEMAP_SCENES": str(n_scenes), "TREEMAP_UNREADABLE_ASSETS": str(n_unreadable)}
+            "TREEMAP_SCENES": str(n_scenes)}
 
 
 def species_products(species: SpeciesList, tags: dict[str, str], top_k: int = 0) -> list[ProductSpec]:

@@ -17,17 +17,18 @@ from typing import ClassVar
 import numpy as np
 
 from treemap.aoi import read_aoi
-from treemap.errors import ModelError, NoScenesError
+from treemap.cube import ASSETS
+from treemap.errors import ModelError
 from treemap.grid import Tile, TilePlan, core_mask, pixel_centres_lonlat, plan_tiles
 from treemap.infer import (InferenceSpec, LoadedModel, ModelRef, check_device, load_model_set, predictors,
                            resolve_model, species_key, visible_gpus)
 from treemap.outputs import ProductSpec, ensure_writable_dir
 from treemap.products import run_tags, species_products, tile_bands
 from treemap.scale import ClusterSpec
-from treemap.stac import Query, open_catalog
 from treemap.stac.search import date_window
 from treemap.taxonomy import SpeciesList
-from treemap.tiles import RunSummary, TileResult, run_job
+from treemap.tiles import (DEFAULT_MAX_UNREADABLE, RunSummary, TileResult, find_scenes, run_job,
+                           unreadable_assets, unreadable_tags)
 from treemap.workdir import WORK_DIR, work_lock
 
 __all__ = ["PredictRequest", "PredictResult", "PredictJob", "predict", "resolve_model", "WORK_DIR"]
@@ -55,6 +56,7 @@ class PredictRequest:
     top_k: int = 0  # also write top_species.tif with the k most probable species per pixel
     scheduler: str | None = None  # an existing dask scheduler's address or scheduler file; None: this machine
     workers: int | None = None  # worker processes on this machine (None: one per CPU core, or per GPU on CUDA)
+    max_unreadable: float = DEFAULT_MAX_UNREADABLE  # a tile with more unreadable assets fails
 
     def cluster(self) -> ClusterSpec:
         return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
@@ -118,20 +120,12 @@ class PredictJob:
         predictor = predictors.get(self.ref, self.keys, self.spec)
         probs = predictor.predict_tile(inputs.composites, tile.halo, pixel_centres_lonlat(tile), inputs.valid)
         return TileResult(tile_bands(probs, predictor.species, self.top_k), 255,
-                          {"scenes": inputs.n_scenes, "unreadable": [list(u) for u in inputs.unreadable]})
+                          {"scenes": inputs.n_scenes, "assets": inputs.n_scenes * len(ASSETS),
+                           "unreadable": [list(u) for u in inputs.unreadable]})
 
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
-        tags = run_tags(self.start, self.end, self.n_scenes, len(unreadable_assets(plan, records)))
+        tags = {**run_tags(self.start, self.end, self.n_scenes), **unreadable_tags(unreadable_assets(plan, records))}
         return species_products(self.species, tags, self.top_k)
-
-
-def unreadable_assets(plan: TilePlan, records: dict[str, dict]) -> list[tuple[str, str, str, str]]:
-    """The unreadable assets of every finished tile, once each (by href), in tile order."""
-    found: dict[str, tuple[str, str, str, str]] = {}
-    for tile in plan.tiles:
-        for entry in records.get(tile.id, {}).get("unreadable", []):
-            found.setdefault(entry[2], tuple(entry))
-    return list(found.values())
 
 
 def check_model(loaded: LoadedModel, top_k: int) -> None:
@@ -144,7 +138,7 @@ def check_model(loaded: LoadedModel, top_k: int) -> None:
 
 def predict(request: PredictRequest) -> PredictResult:
     """Run a mapping job and return the products written."""
-    cluster = request.cluster()
+    cluster = request.cluster().check()
     check_device(request.device)
     aoi = read_aoi(request.aoi)
     default_year = date.today().year - 1
@@ -155,14 +149,7 @@ def predict(request: PredictRequest) -> PredictResult:
     start, end = resolve_dates(request.start, request.end, default_year)
     out = ensure_writable_dir(Path(request.out))
     with work_lock(out):
-        catalog = open_catalog(request.catalog)
-        scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=request.max_cloud,
-                                           geometry=aoi.geometry))
-        if not scenes:
-            raise NoScenesError(
-                f"no Sentinel-2 L2A scenes in {catalog.name} for the AOI between {start} and {end}"
-                + (f" with at most {request.max_cloud:g} % cloud" if request.max_cloud < 100 else ""))
-        log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
+        scenes = find_scenes(request.catalog, aoi, start, end, request.max_cloud)
         ref = request.model_ref()
         loaded = load_model_set(ref)
         check_model(loaded, request.top_k)
@@ -172,7 +159,8 @@ def predict(request: PredictRequest) -> PredictResult:
         job = PredictJob(ref, (loaded.model_key, species_key(loaded.species), loaded.head_key),
                          InferenceSpec(request.batch_size, request.device), loaded.species, request.top_k, start,
                          end, len(scenes))
-        result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device))
+        result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device),
+                         max_unreadable=request.max_unreadable)
     return PredictResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
                          loaded.species.species, tuple(unreadable_assets(plan, result.records)))
 

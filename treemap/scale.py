@@ -62,6 +62,13 @@ class ClusterSpec:
             raise ClusterError("--workers sizes the local cluster; with --scheduler the cluster's own workers run "
                                "the tiles")
 
+    def check(self) -> "ClusterSpec":
+        """Check a scheduler's address (or read its scheduler file) without connecting: called before a run
+        searches or loads a model, so that a malformed address is one line at once."""
+        if self.remote:
+            scheduler_address(self.scheduler)
+        return self
+
     @property
     def remote(self) -> bool:
         return self.scheduler not in (None, "", "local")

@@ -22,7 +22,9 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -32,7 +34,9 @@ import numpy as np
 
 from treemap import __version__
 from treemap.aoi import AOI
-from treemap.errors import NoScenesError
+from treemap.durable import atomic_write_bytes, atomic_write_json, write_error
+from treemap.errors import NoScenesError, TilesFailedError, WriteError
+from treemap.io_env import DEFAULT_MAX_UNREADABLE
 from treemap.grid import Tile, TilePlan, scenes_for_tile, to_crs
 from treemap.outputs import ProductSpec, write_product, write_tile_raster
 from treemap.publish import Staging, check_space, recover
@@ -40,6 +44,9 @@ from treemap.scale import ClusterSpec, tile_runner
 from treemap.workdir import WORK_DIR, read_done, tile_paths, write_done
 
 log = logging.getLogger("treemap.tiles")
+
+MANIFEST = "manifest.json"
+LOG_NAME = "treemap.log"
 
 
 @dataclass(frozen=True)
@@ -104,24 +111,64 @@ class TileTask:
     scenes: tuple
     local_aoi: Any
     work: Path
+    max_unreadable: float = DEFAULT_MAX_UNREADABLE
 
     def read(self, tile: Tile) -> Any:
+        """The tile's inputs; None when no scene covers it; a :class:`TileFailure` when reading failed."""
         tile_scenes = scenes_for_tile(list(self.scenes), tile)
         if not tile_scenes:
             log.warning("tile %s: no scenes cover it; left as nodata", tile.id)
             return None
-        return self.job.read(tile, tile_scenes, self.local_aoi)
+        try:
+            return self.job.read(tile, tile_scenes, self.local_aoi)
+        except (WriteError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of one tile is that tile's, recorded in the manifest
+            return TileFailure.of(tile, "reading", exc)
 
     def finish(self, tile: Tile, inputs: Any) -> dict | None:
-        """Compute a tile from its inputs and commit it: raster, then done-marker. None for an uncovered tile."""
+        """Compute a tile from its inputs and commit it: raster, then done-marker. None for an uncovered tile; a
+        record with ``failed`` for a tile that failed (nothing of it is committed)."""
         if inputs is None:
             return None
-        result = self.job.compute(tile, inputs)
+        if isinstance(inputs, TileFailure):
+            return inputs.record()
+        try:
+            result = self.job.compute(tile, inputs)
+        except (WriteError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - as in read()
+            return TileFailure.of(tile, "computing", exc).record()
+        unreadable, assets = len(result.record.get("unreadable", [])), result.record.get("assets", 0)
+        if assets and unreadable / assets > self.max_unreadable:
+            failure = TileFailure(tile.id, f"{unreadable} of {assets} assets are unreadable, more than "
+                                           f"--max-unreadable {self.max_unreadable:g} allows")
+            log.error("tile %s: %s", tile.id, failure.reason)
+            return failure.record()
         raster, _ = tile_paths(self.work, tile.id)
         write_tile_raster(raster, tile, result.data, nodata=result.nodata)
         record = {"tile": tile.id, **result.record}
         write_done(self.work, tile.id, record)
         return record
+
+
+@dataclass(frozen=True)
+class TileFailure:
+    """A tile that could not be done, and why, in one line."""
+
+    tile: str
+    reason: str
+
+    @classmethod
+    def of(cls, tile: Tile, stage: str, exc: BaseException) -> "TileFailure":
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        reason = f"{stage} failed: {text or type(exc).__name__}"
+        log.error("tile %s: %s", tile.id, reason)
+        log.debug("tile %s failed", tile.id, exc_info=exc)
+        return cls(tile.id, reason)
+
+    def record(self) -> dict:
+        return {"tile": self.tile, "failed": self.reason}
 
 
 def run_tile(tile: Tile, task: TileTask) -> dict | None:
@@ -140,6 +187,23 @@ def _in_process(task: TileTask, tiles: list[Tile]) -> Iterator[tuple[Tile, dict 
             yield tile, task.finish(tile, inputs)
 
 
+def unreadable_assets(plan: TilePlan, records: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    """The unreadable assets (scene, band, href, reason) of every finished tile, once each (by href), in tile
+    order."""
+    found: dict[str, tuple[str, str, str, str]] = {}
+    for tile in plan.tiles:
+        for entry in records.get(tile.id, {}).get("unreadable", []):
+            found.setdefault(entry[2], tuple(entry))
+    return list(found.values())
+
+
+def unreadable_tags(assets: list[tuple[str, str, str, str]]) -> dict[str, str]:
+    """Product tags naming the unreadable assets (hrefs without their query string, which may hold a token)."""
+    listed = [{"scene": s, "band": b, "href": h.split("?", 1)[0], "reason": r} for s, b, h, r in assets]
+    return {"TREEMAP_UNREADABLE_ASSETS": str(len(assets)),
+            "TREEMAP_UNREADABLE_ASSET_LIST": json.dumps(listed, separators=(",", ":"))}
+
+
 def fingerprint(job: TileJob, aoi: AOI, plan: TilePlan, scenes: list) -> str:
     payload = {
         "version": __version__,
@@ -152,43 +216,135 @@ def fingerprint(job: TileJob, aoi: AOI, plan: TilePlan, scenes: list) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+
+def find_scenes(catalog_ref: str, aoi: AOI, start: date, end: date, max_cloud: float = 100.0) -> list:
+    """The scenes of a catalog whose footprint meets the AOI between two dates; :class:`NoScenesError` for none."""
+    from treemap.stac import Query, open_catalog
+
+    catalog = open_catalog(catalog_ref)
+    scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=max_cloud, geometry=aoi.geometry))
+    if not scenes:
+        raise NoScenesError(f"no Sentinel-2 L2A scenes in {catalog.name} for the AOI between {start} and {end}"
+                            + (f" with at most {max_cloud:g} % cloud" if max_cloud < 100 else ""))
+    log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
+    return scenes
+
+
 def run_job(job: TileJob, aoi: AOI, plan: TilePlan, scenes: list, out: Path, cluster: ClusterSpec,
-            keep_work: bool = False, gpus: int = 0) -> EngineResult:
-    """Run a job over every tile of ``plan`` and publish its products into ``out`` (whose lock the caller holds)."""
+            keep_work: bool = False, gpus: int = 0,
+            max_unreadable: float = DEFAULT_MAX_UNREADABLE) -> EngineResult:
+    """Run a job over every tile of ``plan`` and publish its products into ``out`` (whose lock the caller holds).
+
+    A tile that fails (reading, computing, or more than ``max_unreadable`` of its assets unreadable) is recorded
+    in the work folder's ``manifest.json``; the other tiles still finish, no product is written, and
+    :class:`TilesFailedError` ends the run. The next run of the same job retries only the tiles without a
+    done-marker. A write failure (:class:`WriteError`) ends the run at once."""
     root = Path(out).absolute() / WORK_DIR
     recover(Path(out).absolute(), root)
     work = root / f"{job.name}-{fingerprint(job, aoi, plan, scenes)}"
     work.mkdir(parents=True, exist_ok=True)
-    records: dict[str, dict] = {}
-    for tile in plan.tiles:
-        if (record := read_done(work, tile.id)) is not None:
-            log.info("tile %s already done; skipping", tile.id)
-            records[tile.id] = record
-    pending = [tile for tile in plan.tiles if tile.id not in records]
-    task = TileTask(job, tuple(scenes), to_crs(aoi.geometry, plan.epsg), work)
-    with tile_runner(cluster, len(pending), work, gpus=gpus if pending else 0) as runner:
-        finished = _in_process(task, pending) if runner.in_process else runner.map(run_tile, pending, task)
-        for k, (tile, record) in enumerate(finished, start=1):
-            if record is not None:
+    with run_log(work, job, plan, scenes) as log_path:
+        records: dict[str, dict] = {}
+        for tile in plan.tiles:
+            if (record := read_done(work, tile.id)) is not None:
+                log.info("tile %s already done; skipping", tile.id)
                 records[tile.id] = record
-            log.info("tile %s done (%d/%d)", tile.id, k, len(pending))
-    sources = [(tile, tile_paths(work, tile.id)[0]) for tile in plan.tiles if tile.id in records]
-    if not sources:
-        raise NoScenesError("no tile of the AOI is covered by any scene")
-    products = publish(job.products(plan, records), plan, sources, Path(out), root)
+        pending = [tile for tile in plan.tiles if tile.id not in records]
+        task = TileTask(job, tuple(scenes), to_crs(aoi.geometry, plan.epsg), work, max_unreadable)
+        failed: dict[str, str] = {}
+        started = time.monotonic()
+        with tile_runner(cluster, len(pending), work, gpus=gpus if pending else 0) as runner:
+            finished = _in_process(task, pending) if runner.in_process else runner.map(run_tile, pending, task)
+            for k, (tile, record) in enumerate(finished, start=1):
+                if record is not None and "failed" in record:
+                    failed[tile.id] = record["failed"]
+                elif record is not None:
+                    records[tile.id] = record
+                log.info("tile %s %s (%d/%d)", tile.id, "failed" if tile.id in failed else "done", k,
+                         len(pending))
+        log.info("%d tile(s) computed in %.1f s", len(pending), time.monotonic() - started)
+        write_manifest(work, plan, records, failed)
+        if failed:
+            tile_id, reason = next(iter(failed.items()))
+            raise TilesFailedError(
+                f"{len(failed)} of {len(plan.tiles)} tiles failed (first: tile {tile_id}: {reason}); no products "
+                f"were written, the finished tiles are kept, and a rerun retries only the failed ones (see "
+                f"{work / MANIFEST})")
+        sources = [(tile, tile_paths(work, tile.id)[0]) for tile in plan.tiles if tile.id in records]
+        if not sources:
+            raise NoScenesError("no tile of the AOI is covered by any scene")
+        for scene, band, href, reason in unreadable_assets(plan, records):
+            log.warning("unreadable asset read as nodata: scene %s band %s (%s): %s", scene, band, reason,
+                        href.split("?", 1)[0])
+        started = time.monotonic()
+        products = publish(job.products(plan, records), plan, sources, Path(out), root, log_path)
+        log.info("products published in %.1f s", time.monotonic() - started)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return EngineResult(products, records, work)
 
 
+def write_manifest(work: Path, plan: TilePlan, records: dict[str, dict], failed: dict[str, str]) -> Path:
+    """``manifest.json`` in the work folder: every tile's state (done, failed with its error, or empty)."""
+    tiles = {}
+    for tile in plan.tiles:
+        if tile.id in failed:
+            tiles[tile.id] = {"state": "failed", "error": failed[tile.id]}
+        else:
+            tiles[tile.id] = {"state": "done" if tile.id in records else "empty"}
+    return atomic_write_json(work / MANIFEST, {"tiles": tiles, "failed": len(failed)})
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file. Best effort: when it cannot be written (the disk is full) it stops quietly, instead of
+    printing a traceback per message; the failure that matters is reported by the write that needed the space."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.setLevel(logging.CRITICAL + 1)
+
+
+@contextmanager
+def run_log(work: Path, job: TileJob, plan: TilePlan, scenes: list) -> Iterator[Path]:
+    """``treemap.log`` in the work folder for the duration of a run: the job's parameters, the scene count, every
+    message of INFO and above (warnings included) and the timings. It is published beside the products."""
+    path = work / LOG_NAME
+    handler = _LogFile(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("treemap")
+    saved_level, saved_console = root.level, [(h, h.level) for h in root.handlers]
+    if root.getEffectiveLevel() > logging.INFO:  # -q: the file still gets INFO, the console keeps its level
+        for h, _ in saved_console:
+            h.setLevel(max(h.level, root.getEffectiveLevel()))
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        log.info("treemap %s %s: %s", __version__, job.name, json.dumps(job.fingerprint(), default=str))
+        log.info("grid EPSG:%d, %d x %d px, %d tile(s) of %d px; %d scene(s)", plan.epsg, plan.width, plan.height,
+                 len(plan.tiles), plan.tile_size, len(scenes))
+        yield path
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        for h, level in saved_console:
+            h.setLevel(level)
+        handler.close()
+
+
 def publish(specs: list[ProductSpec], plan: TilePlan, sources: list[tuple[Tile, Path]], out: Path,
-            root: Path) -> dict[str, Path]:
-    """Write every product into a staging folder, verify it, and publish the set (see :mod:`treemap.publish`)."""
+            root: Path, log_path: Path | None = None) -> dict[str, Path]:
+    """Write every product into a staging folder, verify it, and publish the set (see :mod:`treemap.publish`),
+    with the run's log as ``treemap.log`` beside them."""
     check_space(out, [path for _, path in sources])
     staging = Staging(out, root)
     try:
         for spec in specs:
             write_product(staging.path(spec.filename), plan, sources, spec, final=out / spec.filename)
+        if log_path is not None and log_path.exists():
+            try:
+                atomic_write_bytes(staging.path(LOG_NAME), log_path.read_bytes())
+            except OSError as exc:
+                raise write_error(out / LOG_NAME, exc) from None
         staging.publish()
     finally:
         staging.discard()

@@ -1,88 +1,21 @@
-"""SeCo-Eco ResNet-50: sizes, torchvision names, input channels, safetensors files, torchvision-layout import."""
+"""SeCo-Eco files (treemap.models.seco_files): safetensors round trip, foreign files refused, torchvision-layout
+import (prefixes stripped, wrong channels/shapes/keys refused, pickles that run code refused)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
+from seco_helpers import reflectance, tiny_seco
 from treemap.errors import ModelError, OutputError
-from treemap.models.seco import (
-    CHANNELS, ChannelStats, SecoConfig, SecoResNet, import_resnet50, load_seco, parameter_count, random_seco,
-    raw_channels, save_seco, to_input,
-)
-from treemap.phenology import BAND_ORDER
-
-# torchvision resnet50: 25,557,032 parameters; minus fc (2048 x 1000 + 1000), plus 6 more input channels on conv1
-# (64 x 6 x 7 x 7).
-EXPECTED_RESNET50_9CH = 25_557_032 - (2048 * 1000 + 1000) + 64 * 6 * 7 * 7  # 23,526,848
+from treemap.models.seco_files import import_resnet50, load_seco, save_seco
+from treemap.models.seco_input import to_input
+from treemap.models.seco_net import SecoConfig, random_seco
 
 
 @pytest.fixture(scope="module")
-def stats():
-    return ChannelStats(tuple(0.1 * i for i in range(9)), tuple(0.5 + 0.1 * i for i in range(9)))
-
-
-@pytest.fixture(scope="module")
-def tiny(stats):
-    return random_seco(SecoConfig.tiny(), stats, seed=3)
-
-
-def reflectance(batch=3, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, len(BAND_ORDER), size, size, generator=g) * 0.4
-
-
-def test_tiny_forward_shapes(tiny):
-    x = to_input(reflectance(), tiny.stats)
-    assert x.shape == (3, 9, 32, 32)
-    with torch.no_grad():
-        out = tiny(x)
-        feats = tiny.features(reflectance())
-    assert set(out) == {"agnostic", "season"}
-    assert all(v.shape == (3, tiny.config.projection_dim) for v in out.values())
-    assert feats.shape == (3, tiny.config.feature_dim)
-
-
-def test_full_resnet50_matches_torchvision_sizes_and_names():
-    backbone = SecoResNet(SecoConfig())
-    assert parameter_count(backbone) == EXPECTED_RESNET50_9CH == 23_526_848
-    state = backbone.state_dict()
-    assert len(state) == 320 - 2  # torchvision resnet50's 320 entries without fc.weight / fc.bias
-    assert tuple(state["conv1.weight"].shape) == (64, 9, 7, 7)
-    for key in ("bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.bias",
-                "layer3.5.conv3.weight", "layer4.2.bn3.num_batches_tracked"):
-        assert key in state
-    assert not any(k.startswith("fc.") for k in state)
-    assert SecoConfig().feature_dim == 2048
-    with torch.no_grad():
-        assert backbone.eval()(torch.zeros(1, 9, 64, 64)).shape == (1, 2048)
-
-
-def test_to_input_channel_order_ndvi_and_nodata():
-    x = torch.zeros(1, len(BAND_ORDER), 2, 2)
-    for i in range(len(BAND_ORDER)):
-        x[:, i] = 0.01 * (i + 1)
-    out = to_input(x)
-    expected = [0.01 * (BAND_ORDER.index(b) + 1) for b in CHANNELS[:-1]]
-    assert torch.allclose(out[0, :8, 0, 0], torch.tensor(expected))
-    red, nir = 0.01 * (BAND_ORDER.index("B04") + 1), 0.01 * (BAND_ORDER.index("B08") + 1)
-    assert out[0, 8, 0, 0].item() == pytest.approx((nir - red) / (nir + red), rel=1e-5)
-    assert "B11" not in CHANNELS and "B12" not in CHANNELS
-    # nodata: a missing red band gives NaN NDVI in raw channels and 0 (the mean) in the model input
-    x[0, BAND_ORDER.index("B04"), 1, 1] = float("nan")
-    raw = raw_channels(x)
-    assert torch.isnan(raw[0, 8, 1, 1]) and torch.isnan(raw[0, 2, 1, 1]) and not torch.isnan(raw[0, 0, 1, 1])
-    stats = ChannelStats((0.5,) * 9, (2.0,) * 9)
-    scaled = to_input(x, stats)
-    assert torch.isfinite(scaled).all()
-    assert scaled[0, 8, 1, 1] == 0 and scaled[0, 2, 1, 1] == 0
-    assert scaled[0, 0, 0, 0].item() == pytest.approx((0.01 - 0.5) / 2.0)
-    # numpy input with the band axis elsewhere
-    season_first = np.random.default_rng(0).random((4, 10, 3, 3)).astype(np.float32)
-    assert to_input(season_first, band_axis=1).shape == (4, 9, 3, 3)
-    with pytest.raises(ValueError, match="10 bands"):
-        to_input(torch.zeros(1, 9, 2, 2))
+def tiny():
+    return tiny_seco()
 
 
 def test_safetensors_round_trip_identical_outputs(tiny, tmp_path):
