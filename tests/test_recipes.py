@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 import pytest
 
 from train.recipe import load_recipe as load_training_recipe, recipe_from_dict
-from treemap.cli import _recipe_schema, cli
+from treemap.cli import cli
+from treemap.cli_words import recipe_schema as _recipe_schema
 from treemap.documents import read_recipe
 from treemap.errors import RecipeError, RecipeNotFoundError
 from treemap.recipes import FieldError, Ge, Interval, describe, validate

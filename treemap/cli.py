@@ -4,251 +4,36 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
 from treemap import __version__
-from treemap.dates import ERA, year_range
-from treemap.errors import TreemapError
+from treemap.cli_words import (
+    AOI_HELP, CATALOG_HELP, DEVICE_HELP, MODEL_HELP, OUT_FOLDER_HELP, TreemapGroup, YEAR, cluster_options,
+    max_unreadable_option, print_products, recipe_option, setup_logging, window_options, year_window)
 
 log = logging.getLogger("treemap")
 
-# -- the words every command shares -----------------------------------------------------------------------------------
 
-
-def _option_words(param, ctx, value) -> str:
-    """``--year 0``, or ``--year 0 (from --recipe)`` when the value came from a recipe."""
-    name = max(param.opts, key=len) if param is not None and param.opts else "value"
-    words = f"{name} {value}"
-    if param is not None and ctx is not None and ctx.get_parameter_source(param.name) is ParameterSource.DEFAULT_MAP:
-        words += " (from --recipe)"
-    return words
-
-
-class _YearType(click.IntRange):
-    """A year of Sentinel-2 imagery: ``year_range()``; anything else is one usage error naming the range."""
-
-    name = "year"
-
-    def __init__(self):
-        super().__init__(*year_range())
-
-    def convert(self, value, param, ctx):
-        try:
-            year = value if type(value) is int else int(str(value).strip())
-        except ValueError:
-            raise click.UsageError(f"{_option_words(param, ctx, value)} is not a year like 2022", ctx) from None
-        first, last = year_range()
-        if not first <= year <= last:
-            raise click.UsageError(f"{_option_words(param, ctx, value)} is outside {first}..{last} ({ERA})", ctx)
-        return year
-
-
-class _DateType(click.ParamType):
-    """A YYYY-MM-DD date in the years of ``year_range()``."""
-
-    name = "YYYY-MM-DD"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, date):
-            day = value.date() if isinstance(value, datetime) else value
-        else:
-            try:
-                day = datetime.strptime(str(value), "%Y-%m-%d").date()
-            except ValueError:
-                raise click.UsageError(f"{_option_words(param, ctx, value)} is not a date like 2022-06-30",
-                                       ctx) from None
-        first, last = year_range()
-        if not first <= day.year <= last:
-            raise click.UsageError(f"{_option_words(param, ctx, value)} is outside {first}-01-01..{last}-12-31 "
-                                   f"({ERA})", ctx)
-        return day
-
-
-YEAR = _YearType()
-DATE = _DateType()
-
-CATALOG_HELP = ("demo, earth-search, earth-search-c1, planetary-computer, cdse, a STAC API URL (optionally "
-                ".../collections/ID), a catalog.json or an item file.")
-MODEL_HELP = "a treemap .safetensors, an official GeoTreeCLIP .pth, or 'demo' (the shipped demo model)"
-DEVICE_HELP = "auto, cpu, cuda, cuda:1 ... (auto: CUDA when this machine has it, else the CPU)."
-AOI_HELP = "Area of interest: GeoJSON Feature, FeatureCollection or Polygon in EPSG:4326."
-RECIPE_HELP = "YAML recipe of option defaults (see recipes/); command-line options win."
-OUT_FOLDER_HELP = "Output folder."
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("treemap")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
-class _OneLineUsageError(click.UsageError):
-    """A usage mistake (unknown option, bad value, missing option) as one line, like every other user mistake."""
-
-    def __init__(self, error: click.UsageError):
-        super().__init__(" ".join(error.format_message().split()), error.ctx)
-
-    def show(self, file=None) -> None:
-        click.echo(f"treemap: error: {self.message}", err=True)
-
-
-# click >= 8.2 raises this for `treemap model` without a subcommand; it shows the help, which stays as it is
-_SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
-
-def _one_line(error: click.UsageError) -> click.UsageError:
-    if isinstance(error, (_OneLineUsageError, _SHOWS_HELP)):
-        return error
-    return _OneLineUsageError(error)
-
-
-class _Group(click.Group):
-    """Turns treemap's typed errors and click's usage errors into one line on stderr and a non-zero exit."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _one_line(exc) from None
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except TreemapError as exc:
-            click.echo(f"treemap: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except click.UsageError as exc:
-            raise _one_line(exc) from None
-        except KeyboardInterrupt:
-            click.echo("treemap: interrupted", err=True)
-            ctx.exit(130)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TreemapGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="treemap")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 def cli(verbose: int, quiet: bool) -> None:
     """Tree-species maps from Sentinel-2 L2A time series."""
-    _setup_logging(verbose, quiet)
-
-
-def _year_window(year, start, end):
-    if year is not None:
-        if start or end:
-            raise click.UsageError("--year cannot be combined with --start/--end")
-        return date(year, 1, 1), date(year, 12, 31)
-    return start, end
-
-
-def _load_recipe(ctx, param, value):
-    """--recipe FILE: a YAML mapping of option names to values, used as defaults (command-line options win). The
-    values are checked against the options' types (treemap.documents.read_recipe) before anything runs."""
-    if value is None:
-        return None
-    import dataclasses
-
-    from treemap.documents import read_recipe
-
-    names = {o.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for o in [p.name, *p.opts]}
-    recipe = read_recipe(value, _recipe_schema(ctx.command),
-                         prepare=lambda doc: {names.get(str(k).replace("-", "_"), k): v for k, v in doc.items()})
-    defaults = {k: v for k, v in dataclasses.asdict(recipe).items() if v is not None}
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
-
-
-def _recipe_schema(command: click.Command) -> type:
-    """A frozen dataclass with a field per option of ``command``, typed after the option (None: not given)."""
-    import dataclasses
-    from typing import Annotated, Any, Literal
-
-    from treemap.documents import Interval
-
-    fields = []
-    for p in command.params:
-        if p.name == "recipe" or not isinstance(p, click.Option) or p.hidden:
-            continue
-        kind = p.type
-        if isinstance(kind, (click.IntRange, click.FloatRange)):
-            tp = Annotated[int if isinstance(kind, click.IntRange) else float, Interval(
-                gt=kind.min if kind.min_open else None, ge=None if kind.min_open else kind.min,
-                lt=kind.max if kind.max_open else None, le=None if kind.max_open else kind.max)]
-        elif isinstance(kind, click.Choice):
-            tp = Literal[tuple(kind.choices)]
-        else:
-            tp = next((t for cls, t in ((click.types.BoolParamType, bool), (click.types.IntParamType, int),
-                                        (click.types.FloatParamType, float), (_DateType, date),
-                                        (click.Path, str), (click.types.StringParamType, str))
-                       if isinstance(kind, cls)), Any)
-        fields.append((p.name, tuple[tp, ...] if p.multiple else tp, dataclasses.field(default=None)))
-    return dataclasses.make_dataclass(f"{command.name.title()}Recipe", fields, frozen=True)
-
-
-def _recipe_option(command):
-    return click.option("--recipe", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
-                        callback=_load_recipe, help=RECIPE_HELP)(command)
-
-
-def _window_options(command):
-    """--start, --end and --year: the acquisition window of predict and search."""
-    first, last = year_range()
-    command = click.option("--year", type=YEAR, help="Shortcut for --start YEAR-01-01 --end YEAR-12-31.")(command)
-    command = click.option("--end", type=DATE, help=f"Last acquisition date, {first}-01-01 to {last}-12-31 "
-                           "(default: one year after --start).")(command)
-    return click.option("--start", type=DATE, help=f"First acquisition date, {first}-01-01 to {last}-12-31 "
-                        "(default: Jan 1 of the year).")(command)
-
-
-def _cluster_options(command):
-    """--workers and --scheduler: where a run's tiles are computed (treemap.scale)."""
-    command = click.option(
-        "--scheduler", metavar="ADDRESS",
-        help="Run the tiles on an existing dask cluster: its scheduler's address (tcp://host:8786) or scheduler "
-             "file (.json). Its workers need --out on a shared filesystem at the same path.")(command)
-    return click.option(
-        "--workers", type=click.IntRange(1),
-        help="Worker processes on this machine (default: one per CPU core, for CUDA predictions one per GPU); "
-             "1 runs the tiles in this process.")(command)
-
-
-def _max_unreadable_option(command):
-    """--max-unreadable: the share of a tile's assets that may be unreadable before the tile fails."""
-    from treemap.io_env import DEFAULT_MAX_UNREADABLE
-
-    return click.option(
-        "--max-unreadable", "max_unreadable", default=DEFAULT_MAX_UNREADABLE, show_default=True,
-        type=click.FloatRange(0, 1), metavar="FRACTION",
-        help="A tile with a larger share of its assets (scene x band files) unreadable fails (exit code 3) instead "
-             "of being written with holes; unreadable assets below it are read as nodata and named in the "
-             "summary, tags and log.")(command)
-
-
-def _print_products(result, as_json: bool) -> None:
-    """A run's summary as JSON, or its product paths one per line (stdout)."""
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    else:
-        for path in result.products.values():
-            click.echo(str(path))
+    setup_logging(verbose, quiet)
 
 
 @cli.command()
-@_recipe_option
+@recipe_option
 @click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path, dir_okay=True), help=AOI_HELP)
 @click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
               help=OUT_FOLDER_HELP)
 @click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
-@_window_options
+@window_options
 @click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
               help="Skip scenes with more cloud cover (percent); pixels are masked with SCL anyway.")
 @click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
@@ -263,24 +48,24 @@ def _print_products(result, as_json: bool) -> None:
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(0, 20),
               help="Also write top_species.tif: the k most probable species per pixel and their probabilities.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
-@_max_unreadable_option
-@_cluster_options
+@max_unreadable_option
+@cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product paths.")
 def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device, head,
             top_k, keep_work, max_unreadable, workers, scheduler, as_json):
     """Map species probabilities over an AOI; prints the paths of the COGs written."""
     from treemap.run import PredictRequest, predict as run_predict
 
-    start, end = _year_window(year, start, end)
+    start, end = year_window(year, start, end)
     result = run_predict(PredictRequest(
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
         model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work, head=head,
         top_k=top_k, scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
-    _print_products(result, as_json)
+    print_products(result, as_json)
 
 
 @cli.command()
-@_recipe_option
+@recipe_option
 @click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path), help=AOI_HELP)
 @click.option("--year", required=True, type=YEAR, help="The year whose seasons are reported.")
 @click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
@@ -299,8 +84,8 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
 @click.option("--seasonal", is_flag=True, help="Also write seasonal_composites.tif: clear-sky medians of the four "
               "phenological seasons.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
-@_max_unreadable_option
-@_cluster_options
+@max_unreadable_option
+@cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product paths.")
 def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observations, tile_size, seasonal,
               keep_work, max_unreadable, workers, scheduler, as_json):
@@ -311,7 +96,7 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
         aoi=aoi, out=out, year=year, catalog=catalog, index=index, margin_days=margin_days, max_cloud=max_cloud,
         tile_size=tile_size, min_observations=min_observations, seasonal=seasonal, keep_work=keep_work,
         scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
-    _print_products(result, as_json)
+    print_products(result, as_json)
 
 
 @cli.command()
@@ -329,7 +114,7 @@ def demo(seed, out):
 
 @cli.command()
 @click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path), help=AOI_HELP)
-@_window_options
+@window_options
 @click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
 @click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
               help="Skip scenes with more cloud cover (percent).")
@@ -341,7 +126,7 @@ def search(aoi, start, end, year, catalog, max_cloud, as_json):
     from treemap.stac import Query, open_catalog
     from treemap.stac.search import date_window, scene_table
 
-    start, end = _year_window(year, start, end)
+    start, end = year_window(year, start, end)
     default_year = date.today().year - 1
     if catalog == "demo":
         from treemap.demo import WorldSpec

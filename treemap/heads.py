@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from treemap.documents import check_file
+from treemap.durable import replace, sync_file, write_error
 from treemap.errors import ModelError
 from treemap.models.geotreeclip import LOGIT_SCALE
 from treemap.taxonomy import SpeciesList, Taxon
@@ -160,7 +161,10 @@ def save_head(head: Head, path: str | os.PathLike) -> Path:
     try:
         save_file({"weight": head.weight.float().contiguous(), "bias": head.bias.float().contiguous()}, str(tmp),
                   metadata=meta)
-        os.replace(tmp, path)
+        sync_file(tmp)
+        replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

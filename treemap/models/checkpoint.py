@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from treemap.durable import sync_dir, sync_file
 from treemap.errors import ModelError, OutputError
 from treemap.models.config import AUX_VARIABLES, BANDS, GeoTreeCLIPConfig
 from treemap.models.geotreeclip import GeoTreeCLIP
@@ -214,7 +215,9 @@ def write_safetensors(model: torch.nn.Module, path: Path, metadata: dict[str, st
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={**metadata, "format": "pt"})
+        sync_file(tmp)
         os.replace(tmp, path)
+        sync_dir(path.parent)
     except (OSError, SafetensorError) as exc:
         raise OutputError(f"cannot write model file {path}: {_one_line(exc)}") from exc
     finally:
