@@ -221,8 +221,7 @@ def write_safetensors(model: torch.nn.Module, path: Path, metadata: dict[str, st
     except (OSError, SafetensorError) as exc:
         raise OutputError(f"cannot write model file {path}: {_one_line(exc)}") from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 
