@@ -86,3 +86,34 @@ def small_disk(tmp_path):
     yield mount
     for root in mounted:
         subprocess.run(["umount", "-l", str(root)], capture_output=True)
+
+
+def world_items(world) -> list[dict]:
+    """A demo world's STAC items with absolute asset hrefs, ready to go into one item file."""
+    import json
+
+    features = []
+    for item_path in sorted((world.root / "items").rglob("*.json")):
+        item = json.loads(item_path.read_text())
+        for asset in item["assets"].values():
+            if not asset["href"].startswith("/"):
+                asset["href"] = str((item_path.parent / asset["href"]).resolve())
+        features.append(item)
+    return features
+
+
+@pytest.fixture(scope="session")
+def corner_aoi(small_world, tmp_path_factory):
+    """A 600 m x 400 m AOI in the small world's north-west corner: 2 x 2 tiles of 32 px."""
+    import json
+
+    from shapely.geometry import box
+
+    from treemap.grid import to_crs
+
+    spec = small_world.spec
+    local = box(spec.x_min + 200, spec.y_max - 500, spec.x_min + 800, spec.y_max - 100)
+    path = tmp_path_factory.mktemp("aoi") / "corner.geojson"
+    path.write_text(json.dumps({"type": "Feature", "properties": {},
+                                "geometry": to_crs(local, 4326, src_epsg=spec.epsg).__geo_interface__}))
+    return path

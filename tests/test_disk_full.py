@@ -5,7 +5,6 @@ nothing new at the final paths, the finished tiles kept; after space is freed a 
 uninterrupted run, bit for bit."""
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -13,9 +12,7 @@ import sys
 import pytest
 import rasterio
 
-from treemap.grid import to_crs
 from treemap.workdir import WORK_DIR
-from shapely.geometry import box
 
 PAGE = 4096
 
@@ -26,13 +23,8 @@ def _treemap(*args, env=None):
 
 
 @pytest.fixture(scope="module")
-def aoi(small_world, tmp_path_factory):
-    spec = small_world.spec
-    local = box(spec.x_min + 200, spec.y_max - 500, spec.x_min + 800, spec.y_max - 100)
-    path = tmp_path_factory.mktemp("aoi") / "aoi.geojson"
-    path.write_text(json.dumps({"type": "Feature", "properties": {},
-                                "geometry": to_crs(local, 4326, src_epsg=spec.epsg).__geo_interface__}))
-    return path
+def aoi(corner_aoi):
+    return corner_aoi
 
 
 def _args(job, aoi, world, out):

@@ -13,6 +13,7 @@ from rasterio.features import geometry_mask
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
+from conftest import world_items
 from treemap.grid import to_crs
 from treemap.outputs import NODATA_U8, PROB_SCALE
 from treemap.run import WORK_DIR, PredictRequest, predict
@@ -128,13 +129,7 @@ def test_genus_and_family_are_sums_of_species(run):
 
 def test_same_scenes_from_an_item_file_give_identical_products(small_world, aoi_inside, tmp_path):
     """The catalog form does not matter: an ItemCollection of the same items maps to the same pixels."""
-    features = []
-    for item_path in sorted((small_world.root / "items").rglob("*.json")):
-        item = json.loads(item_path.read_text())
-        for asset in item["assets"].values():
-            if not asset["href"].startswith("/"):
-                asset["href"] = str((item_path.parent / asset["href"]).resolve())
-        features.append(item)
+    features = world_items(small_world)
     item_file = tmp_path / "items.json"
     item_file.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     results = [

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import rasterio
-from shapely.geometry import box
 
-from treemap.grid import to_crs
+from conftest import world_items
 from treemap.workdir import WORK_DIR
 
 
@@ -19,25 +18,14 @@ def _treemap(*args):
 
 
 @pytest.fixture(scope="module")
-def aoi(small_world, tmp_path_factory):
-    spec = small_world.spec
-    local = box(spec.x_min + 200, spec.y_max - 500, spec.x_min + 800, spec.y_max - 100)
-    path = tmp_path_factory.mktemp("aoi") / "aoi.geojson"
-    path.write_text(json.dumps({"type": "Feature", "properties": {},
-                                "geometry": to_crs(local, 4326, src_epsg=spec.epsg).__geo_interface__}))
-    return path
+def aoi(corner_aoi):
+    return corner_aoi
 
 
 @pytest.fixture(scope="module")
 def broken_catalog(small_world, tmp_path_factory):
     """The small world's items as one item file, with one scene's B04 pointing at a file that does not exist."""
-    features = []
-    for item_path in sorted((small_world.root / "items").rglob("*.json")):
-        item = json.loads(item_path.read_text())
-        for asset in item["assets"].values():
-            if not asset["href"].startswith("/"):
-                asset["href"] = str((item_path.parent / asset["href"]).resolve())
-        features.append(item)
+    features = world_items(small_world)
     victim = features[len(features) // 2]
     missing = tmp_path_factory.mktemp("gone") / "B04.tif"
     key = next(k for k, a in victim["assets"].items() if k.upper() in ("B04", "RED"))
