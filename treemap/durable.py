@@ -114,13 +114,14 @@ def sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def replace(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` over ``final`` and sync the folder; a failure is a :class:`WriteError` naming ``final``."""
+def replace(tmp: Path, target: Path, final: Path | None = None) -> None:
+    """Rename ``tmp`` over ``target`` and sync the folder; a failure is a :class:`WriteError` naming ``final``
+    (default ``target``: the path the user will see)."""
     try:
-        os.replace(tmp, final)
+        os.replace(tmp, target)
     except OSError as exc:
-        raise write_error(final, exc) from None
-    sync_dir(Path(final).parent)
+        raise write_error(target if final is None else final, exc) from None
+    sync_dir(Path(target).parent)
 
 
 def atomic_write_bytes(final: Path, data: bytes) -> Path:
@@ -221,6 +222,12 @@ def _edge_windows(width: int, height: int, block: tuple[int, int]):
     yield Window(last_c, last_r, width - last_c, height - last_r)
 
 
+def _read_edges(ds) -> None:
+    """Decode the first and the last block of every band of an open dataset."""
+    for window in _edge_windows(ds.width, ds.height, ds.block_shapes[0]):
+        ds.read(window=window)
+
+
 def verify_raster(path: Path, final: Path, expected: np.ndarray | None = None) -> None:
     """Re-open a closed raster and decode it back: all of it compared with ``expected`` when given, otherwise the
     first and the last block of every band at full resolution and at every overview level. A failure is a
@@ -234,12 +241,11 @@ def verify_raster(path: Path, final: Path, expected: np.ndarray | None = None) -
                     if not np.array_equal(ds.read(), expected):
                         raise WriteError(f"cannot write {final}: the file read back differs from what was written")
                     return
+                _read_edges(ds)
                 levels = len(ds.overviews(1)) if ds.count else 0
-            for level in range(-1, levels):
-                kwargs = {} if level < 0 else {"overview_level": level}
-                with rasterio.open(path, **kwargs) as ds:
-                    for window in _edge_windows(ds.width, ds.height, ds.block_shapes[0]):
-                        ds.read(window=window)
+            for level in range(levels):
+                with rasterio.open(path, overview_level=level) as ds:
+                    _read_edges(ds)
     except WriteError as exc:
         message = str(exc)
         if "differs" in message:
@@ -256,11 +262,7 @@ def commit_raster(tmp: Path, target: Path, expected: np.ndarray | None = None, f
     except OSError as exc:
         raise write_error(final, exc) from None
     verify_raster(tmp, final, expected)
-    try:
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise write_error(final, exc) from None
-    sync_dir(Path(target).parent)
+    replace(tmp, target, final)
     return target
 
 
