@@ -88,8 +88,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(root)], capture_output=True)
 
 
-def world_items(world) -> list[dict]:
-    """A demo world's STAC items with absolute asset hrefs, ready to go into one item file."""
+def _world_items(world) -> list[dict]:
     import json
 
     features = []
@@ -100,6 +99,16 @@ def world_items(world) -> list[dict]:
                 asset["href"] = str((item_path.parent / asset["href"]).resolve())
         features.append(item)
     return features
+
+
+@pytest.fixture(scope="session")
+def world_items():
+    """Function giving a demo world's STAC items with absolute asset hrefs, ready for one item file.
+
+    A fixture rather than an importable helper: ``from conftest import`` resolves to whichever
+    conftest module pytest loaded first, which differs between checkouts.
+    """
+    return _world_items
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from rasterio.features import geometry_mask
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
-from conftest import world_items
 from treemap.grid import to_crs
 from treemap.outputs import NODATA_U8, PROB_SCALE
 from treemap.run import WORK_DIR, PredictRequest, predict
@@ -127,7 +126,7 @@ def test_genus_and_family_are_sums_of_species(run):
             assert np.abs(got[g][mapped] - expected[mapped]).max() <= tol + 1e-9
 
 
-def test_same_scenes_from_an_item_file_give_identical_products(small_world, aoi_inside, tmp_path):
+def test_same_scenes_from_an_item_file_give_identical_products(small_world, world_items, aoi_inside, tmp_path):
     """The catalog form does not matter: an ItemCollection of the same items maps to the same pixels."""
     features = world_items(small_world)
     item_file = tmp_path / "items.json"

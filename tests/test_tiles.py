@@ -8,7 +8,6 @@ import sys
 import pytest
 import rasterio
 
-from conftest import world_items
 from treemap.workdir import WORK_DIR
 
 
@@ -23,7 +22,7 @@ def aoi(corner_aoi):
 
 
 @pytest.fixture(scope="module")
-def broken_catalog(small_world, tmp_path_factory):
+def broken_catalog(small_world, world_items, tmp_path_factory):
     """The small world's items as one item file, with one scene's B04 pointing at a file that does not exist."""
     features = world_items(small_world)
     victim = features[len(features) // 2]
