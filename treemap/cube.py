@@ -73,10 +73,7 @@ class TileCube:
     """The lazy cube of one tile: DN for the ten bands (Sentinel-2 order) + SCL, from every scene."""
 
     def __init__(self, scenes: list[Scene], tile: Tile, gdal_env=None):
-        import stackstac
-        from rasterio.enums import Resampling
-
-        from treemap.io_env import SkippingReader, stackstac_gdal_env
+        from treemap.io_env import SkippingReader, UnreadableLog, stackstac_gdal_env
 
         if not scenes:
             raise ValueError("a cube needs at least one scene")
@@ -85,17 +82,30 @@ class TileCube:
         self.scale = np.array([s.scale for s in scenes], dtype=np.float32)
         self.offset = np.array([s.offset for s in scenes], dtype=np.float32)
         # Items for stackstac; Planetary Computer hrefs are signed here, per tile, so tokens are fresh at read time.
-        items = [s.to_stac() for s in self.scenes]
-        self._asset_names = {asset["href"]: (scene.id, band) for scene, item in zip(self.scenes, items)
-                             for band, asset in item["assets"].items()}
-        #: (scene id, band, href, reason) of assets read as nodata because they could not be read.
+        self._items = [s.to_stac() for s in self.scenes]
+        #: href -> (scene index, band) of every asset of the cube.
+        self._assets = {asset["href"]: (i, band) for i, item in enumerate(self._items)
+                        for band, asset in item["assets"].items()}
+        #: (scene id, band, href, reason) of assets read as nodata because they could not be read, twice.
         self.unreadable: list[tuple[str, str, str, str]] = []
-        self.data = stackstac.stack(
+        self._failed = UnreadableLog()  # this cube's failures of the read in progress
+        self._gdal_env = gdal_env if gdal_env is not None else stackstac_gdal_env()
+        self._reader = SkippingReader.reporting_to(self._failed)
+        self.data = self._stack(self._items, list(ASSETS), self._gdal_env)
+        expected = tile.read_shape
+        if tuple(self.data.shape[-2:]) != expected:
+            raise RuntimeError(f"stackstac grid {self.data.shape[-2:]} != tile read grid {expected}")
+
+    def _stack(self, items: list[dict], assets: list[str], gdal_env):
+        import stackstac
+        from rasterio.enums import Resampling
+
+        return stackstac.stack(
             items,
-            assets=list(ASSETS),
-            epsg=tile.epsg,
-            resolution=tile.resolution,
-            bounds=tile.read_bounds,
+            assets=assets,
+            epsg=self.tile.epsg,
+            resolution=self.tile.resolution,
+            bounds=self.tile.read_bounds,
             snap_bounds=False,
             dtype="uint16",
             fill_value=np.uint16(0),
@@ -103,33 +113,51 @@ class TileCube:
             resampling=Resampling.nearest,
             chunksize=(1, 1, 1024, 1024),
             sortby_date=False,
-            errors_as_nodata=(),  # the reader below turns read errors into nodata, naming the asset
-            reader=SkippingReader,
-            gdal_env=gdal_env if gdal_env is not None else stackstac_gdal_env(),
+            errors_as_nodata=(),  # the reader turns read errors into nodata, naming the asset
+            reader=self._reader,
+            gdal_env=gdal_env,
         )
-        expected = tile.read_shape
-        if tuple(self.data.shape[-2:]) != expected:
-            raise RuntimeError(f"stackstac grid {self.data.shape[-2:]} != tile read grid {expected}")
 
     def load(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """DN (T, 10, H, W) uint16 and SCL (T, H, W) uint8 for the given scene indices (reads happen here)."""
-        import dask
+        """DN (T, 10, H, W) uint16 and SCL (T, H, W) uint8 for the given scene indices (reads happen here).
 
-        from treemap.io_env import unreadable_assets
-
-        block = self.data.isel(time=list(indices))
-        with dask.config.set(scheduler="threads"):
-            values = np.asarray(block.data.compute())
-        self._note_unreadable(unreadable_assets())
+        An asset that fails even after GDAL's retries is read once more after the others (a second pass, with
+        GDAL's memory of the failure bypassed); only when that fails too is it nodata, recorded in
+        :attr:`unreadable` and logged."""
+        indices = list(indices)
+        values = _compute(self.data.isel(time=indices))
+        failed = self._failed.take()
+        if failed:
+            self._second_pass(indices, values, failed)
         return values[:, : len(BANDS)], values[:, len(BANDS)].astype(np.uint8)
 
-    def _note_unreadable(self, failed: dict[str, str]) -> None:
+    def _second_pass(self, indices: list[int], values: np.ndarray, failed: dict[str, str]) -> None:
+        import time
+
+        from treemap.io_env import HttpSettings, uncached_env
+
+        time.sleep(min(HttpSettings.from_env().backoff, 5.0))  # let a struggling server breathe once
+        position = {scene: k for k, scene in enumerate(indices)}
         known = {entry[2] for entry in self.unreadable}
-        for href, (scene_id, band) in self._asset_names.items():
-            if href in failed and href not in known:
-                self.unreadable.append((scene_id, band, href, failed[href]))
-                log.warning("scene %s band %s is unreadable (%s): read as nodata; %s", scene_id, band,
-                            failed[href], _display_href(href))
+        for href, first_reason in failed.items():
+            scene, band = self._assets[href]
+            again = _compute(self._stack([self._items[scene]], [band], uncached_env(href, self._gdal_env)))
+            reason = self._failed.take().get(href)
+            if reason is None:
+                values[position[scene], ASSETS.index(band)] = again[0, 0]
+                log.info("scene %s band %s read on the second try (first: %s)", self.scenes[scene].id, band,
+                         first_reason)
+            elif href not in known:
+                self.unreadable.append((self.scenes[scene].id, band, href, reason))
+                log.warning("scene %s band %s is unreadable (%s): read as nodata; %s", self.scenes[scene].id, band,
+                            reason, _display_href(href))
+
+
+def _compute(block) -> np.ndarray:
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        return np.asarray(block.data.compute())
 
 
 def _display_href(href: str) -> str:

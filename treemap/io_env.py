@@ -127,28 +127,58 @@ def rasterio_env(settings: HttpSettings | None = None):
 
 # --- unreadable assets -----------------------------------------------------------------------------------------------
 
-_unreadable: dict[str, str] = {}
-_unreadable_lock = threading.Lock()
+class UnreadableLog:
+    """URL -> reason of assets read as nodata because they could not be read (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def record(self, url: str, reason: str) -> bool:
+        """Record an asset; True the first time this URL is recorded."""
+        with self._lock:
+            if url in self._found:
+                return False
+            self._found[url] = reason
+            return True
+
+    def snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._found)
+
+    def take(self) -> dict[str, str]:
+        """Everything recorded so far, which is forgotten."""
+        with self._lock:
+            found, self._found = self._found, {}
+            return found
+
+
+#: Every asset this process could not read (a per-process view; each cube keeps its own log too).
+_process_log = UnreadableLog()
 
 
 def record_unreadable(url: str, reason: str) -> bool:
-    """Record an asset that could not be read; True the first time this URL is recorded."""
-    with _unreadable_lock:
-        if url in _unreadable:
-            return False
-        _unreadable[url] = reason
-        return True
+    """Record an asset that could not be read in the process-wide log; True the first time for this URL."""
+    return _process_log.record(url, reason)
 
 
 def unreadable_assets() -> dict[str, str]:
     """URL -> reason of every asset this process read as nodata because it could not be read."""
-    with _unreadable_lock:
-        return dict(_unreadable)
+    return _process_log.snapshot()
 
 
 def clear_unreadable() -> None:
-    with _unreadable_lock:
-        _unreadable.clear()
+    _process_log.take()
+
+
+def uncached_env(url: str, gdal_env=None):
+    """``gdal_env`` (stackstac's default when None) with GDAL's HTTP cache off for ``url``: GDAL remembers a remote
+    file that failed to open as missing for the rest of the process, so a retry must bypass that memory."""
+    if gdal_env is None:
+        gdal_env = stackstac_gdal_env()
+    if "://" not in url or url.startswith("file://"):
+        return gdal_env
+    return gdal_env.updated(always={"CPL_VSIL_CURL_NON_CACHED": url if url.startswith("/vsi") else f"/vsicurl/{url}"})
 
 
 def is_read_error(exc: BaseException | None) -> bool:
@@ -214,6 +244,24 @@ class SkippingReader:
     the wrapped reader's, so dask can ship readers to threads, processes and machines.
     """
 
+    #: Where this reader class also records unreadable assets (see :meth:`reporting_to`).
+    sink: UnreadableLog | None = None
+
+    @classmethod
+    def reporting_to(cls, sink: UnreadableLog) -> type["SkippingReader"]:
+        """A reader class that records the assets it cannot read in ``sink`` too, so one cube knows exactly which
+        of its own assets failed while other cubes read the same files in other threads. (Such a class is for
+        in-process schedulers; instances pickle as plain :class:`SkippingReader`.)"""
+        return type(cls.__name__, (cls,), {"sink": sink, "__module__": cls.__module__,
+                                           "__reduce__": lambda self: (SkippingReader._from_state,
+                                                                       (self.__getstate__(),))})
+
+    @staticmethod
+    def _from_state(state: dict) -> "SkippingReader":
+        reader = SkippingReader.__new__(SkippingReader)
+        reader.__setstate__(state)
+        return reader
+
     def __init__(self, *, url: str, spec, resampling, dtype, fill_value, scale_offset, gdal_env=None,
                  errors_as_nodata: tuple = ()) -> None:
         from stackstac.rio_reader import AutoParallelRioReader
@@ -239,6 +287,8 @@ class SkippingReader:
         reason = _short(exc) if is_read_error(exc) else asset_fault(self.url, self.gdal_env)
         if reason is None:
             raise exc
+        if self.sink is not None:
+            self.sink.record(self.url, reason)
         if record_unreadable(self.url, reason):
             log.debug("cannot read %s: %s (%s)", self.url, reason, type(exc).__name__)
         return reason

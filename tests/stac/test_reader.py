@@ -121,3 +121,78 @@ def test_an_asset_that_fails_is_not_tried_again(tmp_path, monkeypatch):
         assert out.shape == (window.height, window.width) and (out == 0).all() and out.dtype == np.uint16
     assert len(calls) == 1
     assert list(unreadable_assets()) == [missing]
+
+
+# --- the second pass --------------------------------------------------------------------------------------------------
+
+def test_an_asset_that_fails_once_is_read_on_the_second_pass(tmp_path, monkeypatch, caplog):
+    """A read failure of one asset that clears up later (a server that was down for a moment) is read again after
+    the cube's other assets, so the cube holds the real pixels and names nothing unreadable."""
+    from stackstac.rio_reader import AutoParallelRioReader
+
+    monkeypatch.setenv("TREEMAP_HTTP_BACKOFF", "0")
+    pixels = _source_pixels(8)
+    item = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "s", pixels)
+    flaky = item["assets"]["red"]["href"]
+    original = AutoParallelRioReader.read
+    failures = []
+
+    def once(self, window, **kwargs):
+        if self.url == flaky and not failures:
+            failures.append(window)
+            raise rasterio.errors.RasterioIOError("HTTP response code: 503")
+        return original(self, window, **kwargs)
+
+    monkeypatch.setattr(AutoParallelRioReader, "read", once)
+    caplog.set_level(logging.INFO, logger="treemap")
+    cube = TileCube([normalise_item(item)], _tile())
+    dn, _ = cube.load([0])
+    assert failures and cube.unreadable == []
+    for band in ("B04", "B08", "B11"):
+        np.testing.assert_array_equal(dn[0, BANDS.index(band)], _expected_10m(pixels, band), err_msg=band)
+    assert any("band B04 read on the second try" in r.message for r in caplog.records)
+    assert not any(r.levelname == "WARNING" and r.name.startswith("treemap") for r in caplog.records)
+
+
+def test_second_pass_bypasses_gdals_memory_of_a_failed_http_file(tmp_path, monkeypatch, http_server):
+    """Over HTTP, GDAL remembers a file that failed to open and answers later opens from that memory without asking
+    the server. A tile read while the server failed (500 after GDAL's retries) names the file unreadable; a later
+    tile, read once the server is back, must reach it again and get the real pixels."""
+    monkeypatch.setenv("TREEMAP_HTTP_BACKOFF", "0.01")
+    monkeypatch.setenv("TREEMAP_HTTP_RETRIES", "1")
+    pixels = _source_pixels(9)
+    folder = tmp_path / "s"
+    item = _item_on_local_cogs(features("earth-search-v1")[0], folder, pixels)
+    state = {"down": True, "red_requests": 0}
+
+    def respond(handler):
+        name = handler.path.lstrip("/").split("?")[0]
+        data = (folder / name).read_bytes()
+        if name == "B04.tif":
+            state["red_requests"] += 1
+            if state["down"]:
+                return 500, "text/plain", "down"
+        wanted = handler.headers.get("Range")
+        if wanted:
+            first, last = (int(v) for v in wanted.split("=")[1].split(",")[0].split("-"))
+            last = min(last, len(data) - 1)
+            handler.extra_headers = {"Content-Range": f"bytes {first}-{last}/{len(data)}", "Accept-Ranges": "bytes"}
+            return 206, "image/tiff", data[first:last + 1]
+        return 200, "image/tiff", data
+
+    with http_server(respond) as server:
+        for asset in item["assets"].values():
+            if asset["href"].startswith(str(folder)):
+                asset["href"] = f"{server.url}/{Path(asset['href']).name}"
+        scene = normalise_item(item)
+        earlier = TileCube([scene], _tile())
+        earlier.load([0])
+        asked_while_down = state["red_requests"]
+        state["down"] = False
+        later = TileCube([scene], _tile())
+        dn, _ = later.load([0])
+
+    assert [band for _, band, _, _ in earlier.unreadable] == ["B04"]
+    assert asked_while_down >= 4  # GDAL's try and retry, in both passes
+    assert later.unreadable == []
+    np.testing.assert_array_equal(dn[0, BANDS.index("B04")], _expected_10m(pixels, "B04"))
