@@ -188,19 +188,97 @@ def test_workers_must_see_the_work_folder(scheduler, tmp_path):
     assert not (folder / CHECK_NAME).exists()
 
 
-def test_unreachable_scheduler_is_one_line(small_world, aoi, tmp_path):
+def test_unreachable_scheduler_is_one_line_before_the_search(aoi, tmp_path):
+    """Checked before the catalog is searched (the catalog here does not even exist) and long before the timeout:
+    a refused connection is not worth waiting for."""
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "out"
-    proc = _treemap("-q", "phenology", "--aoi", aoi, "--catalog", small_world.catalog, *PHENOLOGY, "--out", out,
-                    "--scheduler", f"tcp://127.0.0.1:{port}", env={"TREEMAP_SCHEDULER_TIMEOUT": "1"})
+    started = time.monotonic()
+    proc = _treemap("-q", "phenology", "--aoi", aoi, "--catalog", tmp_path / "no-catalog.json", *PHENOLOGY,
+                    "--out", out, "--scheduler", f"tcp://127.0.0.1:{port}", env={"TREEMAP_SCHEDULER_TIMEOUT": "30"})
+    assert time.monotonic() - started < 25
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"treemap: error: cannot reach the dask scheduler tcp://127.0.0.1:{port} (no answer within 1 s; is it "
-        f"running and is the address right?)"]
-    assert not (out / "phenology.tif").exists() and not list(out.glob(".*tmp*"))
-    assert not (out / WORK_DIR / LOCK_NAME).exists()
+        f"treemap: error: cannot reach the dask scheduler tcp://127.0.0.1:{port} (connection refused; is the "
+        f"scheduler running on that port?)"]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_something_that_is_not_a_scheduler_is_one_line(aoi, tmp_path):
+    """A port where a web server answers (a wrong port, or a proxy) is named as such, within the timeout."""
+    import http.server
+    import threading
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        address = f"tcp://127.0.0.1:{httpd.server_address[1]}"
+        proc = _treemap("predict", "--aoi", aoi, "--catalog", "demo", "--out", tmp_path / "out", "--scheduler",
+                        address, env={"TREEMAP_SCHEDULER_TIMEOUT": "3"}, timeout=60)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"treemap: error: cannot reach the dask scheduler {address} (")
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_run_survives_a_worker_that_dies(small_world, aoi, serial_phenology, tmp_path):
+    """Two workers (no nanny, so nothing restarts the dead one); one is killed (SIGKILL) once the first tile is
+    done, while the others are in flight. The scheduler hands its work to the survivor and the products are the
+    serial run's."""
+    root = tmp_path / "dask"
+    root.mkdir()
+    scheduler_file = root / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    log = open(root / "dask.log", "w")
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                              cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline, "the dask scheduler did not start"
+            time.sleep(0.2)
+        workers = [subprocess.Popen([sys.executable, "-m", "dask", "worker", "--scheduler-file",
+                                     str(scheduler_file), "--no-nanny", "--nthreads", "1", "--no-dashboard",
+                                     "--local-directory", str(root / f"w{k}")],
+                                    cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT) for k in range(2)]
+        procs += workers
+        from distributed import Client
+
+        with Client(scheduler_file=str(scheduler_file), timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+        out = tmp_path / "out"
+        run = subprocess.Popen([sys.executable, "-m", "treemap", "phenology", "--aoi", str(aoi), "--catalog",
+                                str(small_world.catalog), *PHENOLOGY, "--out", str(out), "--keep-work",
+                                "--scheduler", str(scheduler_file)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not list((out / WORK_DIR).glob("*/*.done")):
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no tile finished"
+            time.sleep(0.05)
+        workers[0].kill()
+        workers[0].wait()
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+    assert run.returncode == 0, stderr
+    assert stdout.split() == [str(out / "phenology.tif")]
+    (work,) = [p for p in (out / WORK_DIR).iterdir() if p.is_dir()]
+    assert len(list(work.glob("*.done"))) == 4
+    np.testing.assert_array_equal(_read(out / "phenology.tif"), serial_phenology)
 
 
 def test_a_second_run_on_the_same_output_is_refused(small_world, aoi, tmp_path):

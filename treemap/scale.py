@@ -63,10 +63,11 @@ class ClusterSpec:
                                "the tiles")
 
     def check(self) -> "ClusterSpec":
-        """Check a scheduler's address (or read its scheduler file) without connecting: called before a run
-        searches or loads a model, so that a malformed address is one line at once."""
+        """Check a scheduler's address (or read its scheduler file) and that something listens there, within
+        :meth:`timeout`: called before a run searches or loads a model, so that a malformed address or a scheduler
+        that is not running is one line at once."""
         if self.remote:
-            scheduler_address(self.scheduler)
+            probe_scheduler(scheduler_address(self.scheduler), self.timeout(), self.scheduler)
         return self
 
     @property
@@ -231,6 +232,62 @@ def scheduler_address(scheduler: str) -> str:
     return str(address)
 
 
+def probe_scheduler(address: str, timeout: float, given: str | None = None) -> None:
+    """Open a dask connection to a ``tcp://`` scheduler (handshake included) and close it; a
+    :class:`ClusterError` within about ``timeout`` seconds when nothing answers, the connection is refused, or what
+    answers is not a dask scheduler (other transports are left to the client)."""
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme != "tcp":
+        return
+    reason = _tcp_fault(*parse_host_port(location), timeout)  # dask would retry a refusal until the timeout
+    if reason is not None:
+        raise ClusterError(f"cannot reach the dask scheduler {given or address} ({reason})")
+
+    async def handshake() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout + 1)
+        await comm.close()
+
+    try:
+        asyncio.run(handshake())
+        return
+    except (asyncio.TimeoutError, TimeoutError):
+        reason = f"no answer within {timeout:g} s; is it running and is the address right?"
+    except ConnectionRefusedError:
+        reason = "connection refused; is the scheduler running on that port?"
+    except OSError as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "timed out" in text.lower():
+            text = f"no answer within {timeout:g} s; is it running and is the address right?"
+        elif "refused" in text.lower():
+            text = "connection refused; is the scheduler running on that port?"
+        reason = text
+    except Exception:  # noqa: BLE001 - bytes that are not dask's protocol make dask fail in many ways
+        reason = "something answers there, but not a dask scheduler; is the port right?"
+    raise ClusterError(f"cannot reach the dask scheduler {given or address} ({reason})")
+
+
+def _tcp_fault(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to host:port fails, or None when it opens."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.timeout:
+        return f"no answer within {timeout:g} s; is it running and is the address right?"
+    except socket.gaierror as exc:
+        return f"unknown host {host!r}: {exc.strerror or exc}"
+    except ConnectionRefusedError:
+        return "connection refused; is the scheduler running on that port?"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+
+
 def _connect(spec: ClusterSpec):
     from distributed import Client
 
@@ -238,7 +295,7 @@ def _connect(spec: ClusterSpec):
     timeout = spec.timeout()
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
+    except (OSError, TimeoutError, ValueError, MemoryError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, (OSError, TimeoutError)) and "timed out" in reason.lower():
             reason = f"no answer within {timeout:g} s; is it running and is the address right?"
