@@ -78,6 +78,31 @@ def test_the_ends_of_the_era_are_accepted(year, aoi_file, tmp_path):
                             "--end", f"{year}-12-31"), "no Sentinel-2 L2A scenes")
 
 
+def test_no_scenes_says_where_the_aoi_is_and_hints_at_a_lat_lon_swap(tmp_path):
+    """An AOI written lat, lon (here Frankfurt's, which lands in the Indian Ocean) finds nothing: the message says
+    where the AOI's centre is, as lon and lat, and names the swap."""
+    swapped = tmp_path / "swapped.geojson"
+    swapped.write_text(json.dumps({"type": "Polygon", "coordinates": [[[50.0, 9.0], [50.0, 9.01], [50.01, 9.01],
+                                                                       [50.01, 9.0], [50.0, 9.0]]]}))
+    line = exit_2_one_line(run_cli("search", "--aoi", swapped, "--catalog", ITEMS, "--year", "2019"),
+                           "no Sentinel-2 L2A scenes")
+    assert "centre lon 50.0050, lat 9.0050" in line
+    assert "the AOI may be written lat, lon: GeoJSON wants lon, lat" in line
+
+
+def test_no_scenes_in_a_period_that_has_not_begun_says_so(aoi_file):
+    line = exit_2_one_line(run_cli("search", "--aoi", aoi_file, "--catalog", ITEMS, "--year", str(NEXT_YEAR)),
+                           "no Sentinel-2 L2A scenes")
+    assert f"that period has not begun (today is {date.today()})" in line
+
+
+def test_fewshot_names_a_missing_points_file_before_anything_else(tmp_path):
+    # the demo model needs --out for its head; the missing points file is the first mistake to report
+    line = exit_2_one_line(run_cli("fewshot", "--points", tmp_path / "nope.csv", "--model", "demo"),
+                           "points file not found")
+    assert str(tmp_path / "nope.csv") in line
+
+
 def test_a_year_from_a_recipe_is_checked_too(aoi_file, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("year: 2014\n")

@@ -217,7 +217,12 @@ def assert_one_line_exit_2(proc, fragment: str) -> str:
     ("collection.geojson", json.dumps({"type": "GeometryCollection", "geometries": None}),
      "GeometryCollection has no geometries"),
     ("bowtie.geojson", json.dumps(BOWTIE), "is not valid: it is self-intersecting"),
-    ("aoi.shp", shapefile_bytes(), "not GeoJSON: it looks like a shapefile"),
+    ("aoi.shp", shapefile_bytes(), "not GeoJSON: a shapefile (by its name); convert it, e.g. ogr2ogr -f GeoJSON "
+                                   "-t_srs EPSG:4326 aoi.geojson"),
+    ("outline.shp", b"x", "not GeoJSON: a shapefile (by its name)"),  # the name decides, whatever the bytes
+    ("aoi.gpkg", b"SQLite format 3\x00" + bytes(100), "not GeoJSON: a GeoPackage (by its name)"),
+    ("aoi.geojson", shapefile_bytes(), "not GeoJSON: it looks like a shapefile (.shp); convert it, e.g. ogr2ogr -f "
+                                       "GeoJSON -t_srs EPSG:4326 aoi-wgs84.geojson"),
 ])
 def test_bad_aoi_files_at_the_command_line(tmp_path, name, content, fragment):
     path = tmp_path / name

@@ -25,7 +25,7 @@ from treemap.errors import ClusterError, RunLockedError
 from treemap.grid import to_crs
 from treemap.run import PredictRequest, predict
 from treemap.scale import CHECK_NAME, ClusterSpec, scheduler_address, tile_runner
-from treemap.workdir import LOCK_NAME, WORK_DIR, work_lock
+from treemap.workdir import WORK_DIR, work_lock
 
 PHENOLOGY = ("--year", "2022", "--tile-size", "32", "--max-cloud", "5")
 PREDICT = ("--model", "demo", "--species", "demo", "--start", "2022-05-01", "--end", "2022-07-31", "--tile-size", "32")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
 from pathlib import Path
 
 import click
@@ -122,23 +121,13 @@ def demo(seed, out):
 def search(aoi, start, end, year, catalog, max_cloud, as_json):
     """List the scenes `predict` would use (stdout); exits non-zero when there are none."""
     from treemap.aoi import read_aoi
-    from treemap.errors import NoScenesError
-    from treemap.stac import Query, open_catalog
+    from treemap.dates import default_year
     from treemap.stac.search import date_window, scene_table
+    from treemap.tiles import find_scenes
 
     start, end = year_window(year, start, end)
-    default_year = date.today().year - 1
-    if catalog == "demo":
-        from treemap.demo import WorldSpec
-
-        default_year = WorldSpec().year
-    start, end = date_window(start, end, default_year)
-    area = read_aoi(aoi)
-    source = open_catalog(catalog)
-    scenes = source.search(Query(area.bounds, start, end, max_cloud, geometry=area.geometry))
-    if not scenes:
-        raise NoScenesError(f"no Sentinel-2 L2A scenes in {source.name} for the AOI between {start} and {end}"
-                            + (f" with at most {max_cloud:g} % cloud" if max_cloud < 100 else ""))
+    start, end = date_window(start, end, default_year(catalog))
+    scenes = find_scenes(catalog, read_aoi(aoi), start, end, max_cloud)
     lines = [json.dumps(scene.to_record()) for scene in scenes] if as_json else scene_table(scenes)
     click.echo("\n".join(lines))
     log.info("%d scenes", len(scenes))

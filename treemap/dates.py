@@ -27,3 +27,13 @@ def check_year(year: int, what: str = "year") -> int:
     if not first <= year <= last:
         raise DateRangeError(f"{what} {year} is outside {first}..{last} ({ERA})")
     return year
+
+
+def default_year(catalog: str) -> int:
+    """The year a run maps when no dates are given: the demo world's year for the demo catalog, else last year
+    (the latest complete one)."""
+    if catalog == "demo":
+        from treemap.demo import WorldSpec
+
+        return WorldSpec().year
+    return date.today().year - 1

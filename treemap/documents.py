@@ -53,6 +53,15 @@ _MAGIC = (
     (b"\xfe\xff", "UTF-16 text (save it as UTF-8)"),
 )
 _GEO_BINARY = ("a shapefile", "a ZIP archive", "an SQLite")
+# Vector formats known by their name, named before their bytes are read (a .shp of any content is not GeoJSON).
+_GEO_SUFFIXES = {".shp": "a shapefile", ".shx": "a shapefile's index", ".dbf": "a shapefile's table",
+                 ".gpkg": "a GeoPackage", ".kml": "a KML file", ".kmz": "a KMZ file", ".gml": "a GML file",
+                 ".fgb": "a FlatGeobuf file", ".parquet": "a (Geo)Parquet file", ".zip": "a ZIP archive"}
+
+
+def _convert_hint(path: Path) -> str:
+    target = f"{path.stem}.geojson" if path.suffix.lower() not in (".geojson", ".json") else f"{path.stem}-wgs84.geojson"
+    return f"convert it, e.g. ogr2ogr -f GeoJSON -t_srs EPSG:4326 {target} {path}"
 
 
 # -- files ------------------------------------------------------------------------------------------------------
@@ -73,6 +82,9 @@ def _folder(path: Path, what: str, kind: str) -> str:
 def read_text(path: str | Path, *, what: str, error: ErrorClass, kind: str = "text") -> str:
     """The file's text (UTF-8, a byte-order mark skipped); every failure is ``error`` with one line naming it."""
     path = Path(path)
+    named = _GEO_SUFFIXES.get(path.suffix.lower()) if kind == "GeoJSON" else None
+    if named is not None and path.is_file():
+        raise error(f"cannot read {what} {path}: not GeoJSON: {named} (by its name); {_convert_hint(path)}")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -94,7 +106,7 @@ def read_text(path: str | Path, *, what: str, error: ErrorClass, kind: str = "te
     else:
         binary = f"it looks like {binary}"
         if kind == "GeoJSON" and binary.startswith(tuple(f"it looks like {g}" for g in _GEO_BINARY)):
-            binary += f"; convert it, e.g. ogr2ogr -f GeoJSON {path.stem}.geojson {path}"
+            binary += f"; {_convert_hint(path)}"
     raise error(f"cannot read {what} {path}: not {kind}: {binary}")
 
 

@@ -130,13 +130,14 @@ def fit_from_points(request: FewShotRequest) -> FewShotResult:
 
     if request.kind not in HEAD_KINDS:
         raise ModelError(f"unknown head kind {request.kind!r}: use {' or '.join(HEAD_KINDS)}")
+    # inputs first, in the order of the command line, then where the head goes, then the model
+    points = check_file(request.points, what="points file", error=PointsError)
+    if request.taxonomy is not None:
+        check_file(request.taxonomy, what="taxonomy list", kind="CSV", error=PointsError)
     out = Path(request.out) if request.out is not None else default_head_path(request.model, request.kind)
     if not out.parent.is_dir():
         raise ModelError(f"folder {out.parent} for the head file does not exist")
     model, _, model_key = resolve_model(request.model)
-    points = check_file(request.points, what="points file", error=PointsError)
-    if request.taxonomy is not None:
-        check_file(request.taxonomy, what="taxonomy list", kind="CSV", error=PointsError)
     if points.suffix.lower() in (".geojson", ".json"):
         text = read_text(points, what="points file", kind="GeoJSON", error=PointsError)
         text_digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

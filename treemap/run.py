@@ -18,6 +18,7 @@ import numpy as np
 
 from treemap.aoi import read_aoi
 from treemap.cube import ASSETS
+from treemap.dates import default_year
 from treemap.errors import ModelError
 from treemap.grid import Tile, TilePlan, core_mask, pixel_centres_lonlat, plan_tiles
 from treemap.infer import (InferenceSpec, LoadedModel, ModelRef, check_device, load_model_set, predictors,
@@ -141,12 +142,7 @@ def predict(request: PredictRequest) -> PredictResult:
     cluster = request.cluster().check()
     check_device(request.device)
     aoi = read_aoi(request.aoi)
-    default_year = date.today().year - 1
-    if request.catalog == "demo":
-        from treemap.demo import WorldSpec
-
-        default_year = WorldSpec().year
-    start, end = resolve_dates(request.start, request.end, default_year)
+    start, end = resolve_dates(request.start, request.end, default_year(request.catalog))
     out = ensure_writable_dir(Path(request.out))
     with work_lock(out):
         scenes = find_scenes(request.catalog, aoi, start, end, request.max_cloud)

@@ -224,10 +224,26 @@ def find_scenes(catalog_ref: str, aoi: AOI, start: date, end: date, max_cloud: f
     catalog = open_catalog(catalog_ref)
     scenes = catalog.search(Query(bbox=aoi.bounds, start=start, end=end, max_cloud=max_cloud, geometry=aoi.geometry))
     if not scenes:
-        raise NoScenesError(f"no Sentinel-2 L2A scenes in {catalog.name} for the AOI between {start} and {end}"
-                            + (f" with at most {max_cloud:g} % cloud" if max_cloud < 100 else ""))
+        raise NoScenesError(no_scenes_message(catalog.name, aoi, start, end, max_cloud))
     log.info("%d scenes from %s between %s and %s", len(scenes), catalog.name, start, end)
     return scenes
+
+
+def no_scenes_message(catalog: str, aoi: AOI, start: date, end: date, max_cloud: float = 100.0,
+                      today: date | None = None) -> str:
+    """Why a search found nothing, with what helps the user see a mistake: where the AOI is (lon, lat), a period in
+    the future, and the lat/lon swap that puts an AOI in the wrong place."""
+    today = today or date.today()
+    centre = aoi.geometry.centroid
+    text = (f"no Sentinel-2 L2A scenes in {catalog} for the AOI (centre lon {centre.x:.4f}, lat {centre.y:.4f}) "
+            f"between {start} and {end}" + (f" with at most {max_cloud:g} % cloud" if max_cloud < 100 else ""))
+    if start > today:
+        text += f"; that period has not begun (today is {today})"
+    elif end > today:
+        text += f"; only the part until today ({today}) can have scenes"
+    if abs(centre.x) <= 90 and abs(centre.y) <= 90 and abs(centre.x - centre.y) > 1:
+        text += "; if that centre is not where you mean, the AOI may be written lat, lon: GeoJSON wants lon, lat"
+    return text
 
 
 def run_job(job: TileJob, aoi: AOI, plan: TilePlan, scenes: list, out: Path, cluster: ClusterSpec,
