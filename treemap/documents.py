@@ -60,7 +60,8 @@ _GEO_SUFFIXES = {".shp": "a shapefile", ".shx": "a shapefile's index", ".dbf": "
 
 
 def _convert_hint(path: Path) -> str:
-    target = f"{path.stem}.geojson" if path.suffix.lower() not in (".geojson", ".json") else f"{path.stem}-wgs84.geojson"
+    clash = path.suffix.lower() in (".geojson", ".json")
+    target = f"{path.stem}-wgs84.geojson" if clash else f"{path.stem}.geojson"
     return f"convert it, e.g. ogr2ogr -f GeoJSON -t_srs EPSG:4326 {target} {path}"
 
 
