@@ -39,6 +39,7 @@ from treemap.errors import NoScenesError, TilesFailedError, WriteError
 from treemap.io_env import DEFAULT_MAX_UNREADABLE
 from treemap.grid import Tile, TilePlan, scenes_for_tile, to_crs
 from treemap.outputs import ProductSpec, write_product, write_tile_raster
+from treemap.progress import run_progress
 from treemap.publish import Staging, check_space, recover
 from treemap.scale import ClusterSpec, tile_runner
 from treemap.workdir import WORK_DIR, read_done, tile_paths, write_done
@@ -269,15 +270,15 @@ def run_job(job: TileJob, aoi: AOI, plan: TilePlan, scenes: list, out: Path, clu
         task = TileTask(job, tuple(scenes), to_crs(aoi.geometry, plan.epsg), work, max_unreadable)
         failed: dict[str, str] = {}
         started = time.monotonic()
-        with tile_runner(cluster, len(pending), work, gpus=gpus if pending else 0) as runner:
+        with tile_runner(cluster, len(pending), work, gpus=gpus if pending else 0) as runner, \
+                run_progress(pending, len(scenes)) as progress:
             finished = _in_process(task, pending) if runner.in_process else runner.map(run_tile, pending, task)
-            for k, (tile, record) in enumerate(finished, start=1):
+            for tile, record in finished:
                 if record is not None and "failed" in record:
                     failed[tile.id] = record["failed"]
                 elif record is not None:
                     records[tile.id] = record
-                log.info("tile %s %s (%d/%d)", tile.id, "failed" if tile.id in failed else "done", k,
-                         len(pending))
+                progress.tile_finished(tile, record)
         log.info("%d tile(s) computed in %.1f s", len(pending), time.monotonic() - started)
         write_manifest(work, plan, records, failed)
         if failed:
