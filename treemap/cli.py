@@ -134,6 +134,21 @@ def search(aoi, start, end, year, catalog, max_cloud, as_json):
 
 
 @cli.command()
+@click.argument("species_list", metavar="LIST")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (species, their colours, the genus, "
+              "family and leaf-type groups) instead of a table.")
+def species(species_list, as_json):
+    """Show the taxonomy of a species list (a CSV, or 'demo') and each species' map colour."""
+    from treemap.styles import species_legend, species_table
+    from treemap.taxonomy import species_list_from
+
+    taxa = species_list_from(species_list)
+    click.echo(json.dumps(species_legend(taxa)) if as_json else species_table(taxa))
+    log.info("%d species, %d genera, %d families, %d leaf types", len(taxa), *(len(taxa.groups(level)[0])
+             for level in ("genus", "family", "level0")))
+
+
+@cli.command()
 @click.option("--points", required=True, type=click.Path(path_type=Path),
               help="Occurrence CSV: longitude, latitude, year and level0/family/genus/species columns.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder for the shards.")
