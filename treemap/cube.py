@@ -90,13 +90,14 @@ class TileCube:
         self.unreadable: list[tuple[str, str, str, str]] = []
         self._failed = UnreadableLog()  # this cube's failures of the read in progress
         self._gdal_env = gdal_env if gdal_env is not None else stackstac_gdal_env()
-        self._reader = SkippingReader.reporting_to(self._failed)
+        self._reader = SkippingReader.reporting_to(self._failed, strict=False)
+        self._strict_reader = SkippingReader.reporting_to(self._failed, strict=True)
         self.data = self._stack(self._items, list(ASSETS), self._gdal_env)
         expected = tile.read_shape
         if tuple(self.data.shape[-2:]) != expected:
             raise RuntimeError(f"stackstac grid {self.data.shape[-2:]} != tile read grid {expected}")
 
-    def _stack(self, items: list[dict], assets: list[str], gdal_env):
+    def _stack(self, items: list[dict], assets: list[str], gdal_env, reader=None):
         import stackstac
         from rasterio.enums import Resampling
 
@@ -114,16 +115,18 @@ class TileCube:
             chunksize=(1, 1, 1024, 1024),
             sortby_date=False,
             errors_as_nodata=(),  # the reader turns read errors into nodata, naming the asset
-            reader=self._reader,
+            reader=reader or self._reader,
             gdal_env=gdal_env,
         )
 
     def load(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """DN (T, 10, H, W) uint16 and SCL (T, H, W) uint8 for the given scene indices (reads happen here).
 
-        An asset that fails even after GDAL's retries is read once more after the others (a second pass, with
-        GDAL's memory of the failure bypassed); only when that fails too is it nodata, recorded in
-        :attr:`unreadable` and logged."""
+        An asset that fails even after GDAL's retries is read again after the others (a second pass, with GDAL's
+        memory of the failure bypassed), up to ``TREEMAP_HTTP_RETRIES`` more times with growing pauses: some
+        faults, such as an answer cut short, are not retried by GDAL at all. Only when every try fails is it nodata,
+        recorded in :attr:`unreadable` and logged. An error that is not a read error and recurs on the last try,
+        from a file that reads sound, is a bug and propagates."""
         indices = list(indices)
         values = _compute(self.data.isel(time=indices))
         failed = self._failed.take()
@@ -136,18 +139,31 @@ class TileCube:
 
         from treemap.io_env import HttpSettings, uncached_env
 
-        time.sleep(min(HttpSettings.from_env().backoff, 5.0))  # let a struggling server breathe once
+        settings = HttpSettings.from_env()
+        tries = max(settings.retries, 1)
         position = {scene: k for k, scene in enumerate(indices)}
         known = {entry[2] for entry in self.unreadable}
-        for href, first_reason in failed.items():
+        pending = dict(failed)
+        for attempt in range(tries):
+            time.sleep(min(settings.backoff * 2 ** attempt, 5.0))  # let a struggling server breathe
+            last = attempt == tries - 1
+            for href in list(pending):
+                scene, band = self._assets[href]
+                stack = self._stack([self._items[scene]], [band], uncached_env(href, self._gdal_env),
+                                    reader=self._strict_reader if last else self._reader)
+                again = _compute(stack)
+                reason = self._failed.take().get(href)
+                if reason is None:
+                    values[position[scene], ASSETS.index(band)] = again[0, 0]
+                    log.info("scene %s band %s read on try %d (first: %s)", self.scenes[scene].id, band,
+                             attempt + 2, pending.pop(href))
+                else:
+                    pending[href] = reason
+            if not pending:
+                return
+        for href, reason in pending.items():
             scene, band = self._assets[href]
-            again = _compute(self._stack([self._items[scene]], [band], uncached_env(href, self._gdal_env)))
-            reason = self._failed.take().get(href)
-            if reason is None:
-                values[position[scene], ASSETS.index(band)] = again[0, 0]
-                log.info("scene %s band %s read on the second try (first: %s)", self.scenes[scene].id, band,
-                         first_reason)
-            elif href not in known:
+            if href not in known:
                 self.unreadable.append((self.scenes[scene].id, band, href, reason))
                 log.warning("scene %s band %s is unreadable (%s): read as nodata; %s", self.scenes[scene].id, band,
                             reason, _display_href(href))

@@ -246,13 +246,16 @@ class SkippingReader:
 
     #: Where this reader class also records unreadable assets (see :meth:`reporting_to`).
     sink: UnreadableLog | None = None
+    #: Whether an exception that is not a read error, from a file that reads sound when checked again, propagates
+    #: (a bug). Not strict: it is recorded like a read error, for a later try to tell a passing fault from a bug.
+    strict: bool = True
 
     @classmethod
-    def reporting_to(cls, sink: UnreadableLog) -> type["SkippingReader"]:
+    def reporting_to(cls, sink: UnreadableLog, strict: bool = True) -> type["SkippingReader"]:
         """A reader class that records the assets it cannot read in ``sink`` too, so one cube knows exactly which
         of its own assets failed while other cubes read the same files in other threads. (Such a class is for
         in-process schedulers; instances pickle as plain :class:`SkippingReader`.)"""
-        return type(cls.__name__, (cls,), {"sink": sink, "__module__": cls.__module__,
+        return type(cls.__name__, (cls,), {"sink": sink, "strict": strict, "__module__": cls.__module__,
                                            "__reduce__": lambda self: (SkippingReader._from_state,
                                                                        (self.__getstate__(),))})
 
@@ -285,12 +288,15 @@ class SkippingReader:
     def _give_up(self, exc: Exception) -> str:
         """The reason the asset is unreadable, recorded; re-raises ``exc`` when the file is not at fault."""
         reason = _short(exc) if is_read_error(exc) else asset_fault(self.url, self.gdal_env)
-        if reason is None:
-            raise exc
+        if reason is None:  # the file reads sound now: a bug, or a fault that has passed (a truncated answer)
+            if self.strict:
+                raise exc
+            reason = f"{_short(exc)} ({type(exc).__name__}; the file read sound when checked again)"
         if self.sink is not None:
             self.sink.record(self.url, reason)
-        if record_unreadable(self.url, reason):
-            log.debug("cannot read %s: %s (%s)", self.url, reason, type(exc).__name__)
+        log.debug("cannot read %s: %s (%s)", self.url, reason, type(exc).__name__)
+        if self.strict:  # a lenient reader's failures are provisional: a later try may read the file
+            record_unreadable(self.url, reason)
         return reason
 
     def read(self, window, **kwargs):

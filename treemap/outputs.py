@@ -153,7 +153,7 @@ class ProductSpec:
     """One product of a job: ``OUT/<name>.tif`` mosaicked from bands ``source_band_offset ..`` of the tile rasters.
 
     ``bands`` holds per output band: ``description``, optional ``scale``/``offset``, ``metadata``, and for a class
-    map ``categories`` + ``colours``."""
+    map ``categories`` + ``colours``. ``style``: a QGIS layer style (.qml text) published beside the COG."""
 
     name: str
     bands: tuple[dict, ...]
@@ -162,6 +162,7 @@ class ProductSpec:
     nodata: int | float = NODATA_U8
     resampling: str = "NEAREST"
     tags: tuple[tuple[str, str], ...] = ()
+    style: str | None = None
 
     @property
     def filename(self) -> str:

@@ -37,6 +37,7 @@ __all__ = ["PredictRequest", "PredictResult", "PredictJob", "predict", "resolve_
 log = logging.getLogger("treemap.run")
 
 resolve_dates = date_window
+QUICKLOOK = "quicklook.png"
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,21 @@ class PredictJob:
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
         tags = {**run_tags(self.start, self.end, self.n_scenes), **unreadable_tags(unreadable_assets(plan, records))}
         return species_products(self.species, tags, self.top_k)
+
+    def provenance(self) -> dict:
+        """What the run's STAC item records about the model and the species list."""
+        return {"model": str(self.ref.model or "demo"), "model_checksum": self.keys[0],
+                "species_list": str(self.ref.species or "demo"), "species_checksum": self.keys[1],
+                "head": str(self.ref.head) if self.ref.head else None, "head_checksum": self.keys[2]}
+
+    def sidecars(self, staged: dict[str, Path], folder: Path, plan: TilePlan, records: dict[str, dict]) -> None:
+        """``quicklook.png``: the dominant species with a legend, a scale bar and a north arrow."""
+        from treemap.quicklook import render_quicklook
+        from treemap.styles import species_colours
+
+        render_quicklook(staged["dominant_species"], folder / QUICKLOOK, list(self.species.species),
+                         species_colours(self.species), "Dominant tree species",
+                         f"{self.start} to {self.end} · {self.n_scenes} scenes · treemap")
 
 
 def check_model(loaded: LoadedModel, top_k: int) -> None:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -279,7 +279,8 @@ def run_job(job: TileJob, aoi: AOI, plan: TilePlan, scenes: list, out: Path, clu
                 elif record is not None:
                     records[tile.id] = record
                 progress.tile_finished(tile, record)
-        log.info("%d tile(s) computed in %.1f s", len(pending), time.monotonic() - started)
+        tiles_s = time.monotonic() - started
+        log.info("%d tile(s) computed in %.1f s", len(pending), tiles_s)
         write_manifest(work, plan, records, failed)
         if failed:
             tile_id, reason = next(iter(failed.items()))
@@ -294,11 +295,37 @@ def run_job(job: TileJob, aoi: AOI, plan: TilePlan, scenes: list, out: Path, clu
             log.warning("unreadable asset read as nodata: scene %s band %s (%s): %s", scene, band, reason,
                         href.split("?", 1)[0])
         started = time.monotonic()
-        products = publish(job.products(plan, records), plan, sources, Path(out), root, log_path)
+        specs = job.products(plan, records)
+        timings = {"tiles_s": round(tiles_s, 3)}
+
+        def sidecars(staged: dict[str, Path], folder: Path) -> None:
+            extra = getattr(job, "sidecars", None)
+            if extra is not None:
+                extra(staged, folder, plan, records)
+            write_run_item(job, staged, specs, plan, scenes, records, work.name, timings, folder)
+
+        products = publish(specs, plan, sources, Path(out), root, log_path, sidecars)
         log.info("products published in %.1f s", time.monotonic() - started)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return EngineResult(products, records, work)
+
+
+def write_run_item(job: TileJob, staged: dict[str, Path], specs: list[ProductSpec], plan: TilePlan, scenes: list,
+                   records: dict[str, dict], run_id: str, timings: dict, folder: Path) -> Path:
+    """``item.json``: the STAC item of the run (:mod:`treemap.run_item`), beside the staged products, with the
+    run's provenance (job and its parameters, input scenes, unreadable assets, timings, and what the job adds)."""
+    from treemap.run_item import ITEM_NAME, run_item
+    from treemap.run_item import write_run_item as write_item
+
+    provenance = {"job": job.name, "run_id": run_id, "parameters": job.fingerprint(),
+                  "scenes": sorted(s.id for s in scenes), "timings": timings,
+                  "unreadable_assets": unreadable_assets(plan, records)}
+    extra = getattr(job, "provenance", None)
+    if extra is not None:
+        provenance.update(extra())
+    item = run_item(f"treemap-{run_id}", staged, specs, plan, job.start, job.end, provenance)
+    return write_item(item, folder / ITEM_NAME)
 
 
 def write_manifest(work: Path, plan: TilePlan, records: dict[str, dict], failed: dict[str, str]) -> Path:
@@ -349,19 +376,29 @@ def run_log(work: Path, job: TileJob, plan: TilePlan, scenes: list) -> Iterator[
 
 
 def publish(specs: list[ProductSpec], plan: TilePlan, sources: list[tuple[Tile, Path]], out: Path,
-            root: Path, log_path: Path | None = None) -> dict[str, Path]:
+            root: Path, log_path: Path | None = None,
+            sidecars: Callable[[dict[str, Path], Path], None] | None = None) -> dict[str, Path]:
     """Write every product into a staging folder, verify it, and publish the set (see :mod:`treemap.publish`),
-    with the run's log as ``treemap.log`` beside them."""
+    with each product's QGIS style (``NAME.qml``), the run's log as ``treemap.log`` and whatever ``sidecars``
+    (called with the staged products and the staging folder) adds beside them."""
+    from treemap.styles import write_qml
+
     check_space(out, [path for _, path in sources])
     staging = Staging(out, root)
     try:
+        staged = {}
         for spec in specs:
-            write_product(staging.path(spec.filename), plan, sources, spec, final=out / spec.filename)
+            staged[spec.name] = write_product(staging.path(spec.filename), plan, sources, spec,
+                                              final=out / spec.filename)
+            if spec.style is not None:
+                write_qml(staging.path(f"{spec.name}.qml"), spec.style)
         if log_path is not None and log_path.exists():
             try:
                 atomic_write_bytes(staging.path(LOG_NAME), log_path.read_bytes())
             except OSError as exc:
                 raise write_error(out / LOG_NAME, exc) from None
+        if sidecars is not None:
+            sidecars(staged, staging.dir)
         staging.publish()
     finally:
         staging.discard()
