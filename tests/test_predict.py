@@ -49,8 +49,12 @@ def run(small_world, aoi_inside, tmp_path_factory):
 def test_stdout_lists_the_products(run):
     proc, out = run
     paths = proc.stdout.strip().splitlines()
-    names = ["species_probability", "genus_probability", "family_probability", "dominant_species"]
+    names = ["species_probability", "genus_probability", "family_probability", "leaf_type_probability",
+             "dominant_species", "uncertainty"]
     assert paths == [str(out / f"{name}.tif") for name in names]
+    # each COG's QGIS style, the quicklook, the run's STAC item and log beside them, published with the set
+    assert {p.name for p in out.iterdir() if p.is_file()} >= {f"{n}.qml" for n in names} | {
+        "quicklook.png", "item.json", "treemap.log"}
     assert "tile" in proc.stderr  # logs go to stderr
     assert not (out / WORK_DIR).exists() or not any((out / WORK_DIR).iterdir())
     assert not list(out.glob(".*tmp*"))

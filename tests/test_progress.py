@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-PRODUCTS = ("species_probability.tif", "dominant_species.tif", "genus_probability.tif", "family_probability.tif")
+PRODUCTS = ("species_probability.tif", "dominant_species.tif", "genus_probability.tif", "family_probability.tif",
+            "leaf_type_probability.tif", "uncertainty.tif")
 
 
 @pytest.fixture(scope="module")
