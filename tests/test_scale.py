@@ -41,6 +41,17 @@ def _read(path):
         return ds.read()
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Stop processes started for a test, last first: politely, then for good after 30 s."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
 def aoi(small_world, tmp_path_factory):
     spec = small_world.spec
@@ -78,13 +89,7 @@ def scheduler(tmp_path_factory):
             client.wait_for_workers(2, timeout=60)
         yield scheduler_file
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(procs)
         for log in logs:
             log.close()
 
@@ -266,13 +271,7 @@ def test_a_run_survives_a_worker_that_dies(small_world, aoi, serial_phenology, t
         workers[0].wait()
         stdout, stderr = run.communicate(timeout=300)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(procs)
         log.close()
     assert run.returncode == 0, stderr
     assert stdout.split() == [str(out / "phenology.tif")]
