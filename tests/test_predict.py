@@ -50,7 +50,7 @@ def test_stdout_lists_the_products(run):
     proc, out = run
     paths = proc.stdout.strip().splitlines()
     names = ["species_probability", "genus_probability", "family_probability", "leaf_type_probability",
-             "dominant_species", "uncertainty"]
+             "dominant_species", "uncertainty", "tree_mask"]
     assert paths == [str(out / f"{name}.tif") for name in names]
     # each COG's QGIS style, the quicklook, the run's STAC item and log beside them, published with the set
     assert {p.name for p in out.iterdir() if p.is_file()} >= {f"{n}.qml" for n in names} | {
@@ -99,9 +99,14 @@ def test_probabilities_and_nodata(run, aoi_inside):
                                invert=True)
     with rasterio.open(out / "dominant_species.tif") as ds:
         dom = ds.read(1)
+    with rasterio.open(out / "tree_mask.tif") as ds:
+        tree = ds.read(1)
     assert (dn[:, ~inside] == NODATA_U8).all(), "nodata outside the AOI"
+    assert (tree[~inside] == NODATA_U8).all() and set(np.unique(tree[inside])) <= {0, 1, NODATA_U8}
+    assert 0.2 < (tree[inside] == 0).mean() < 0.8, "the small world is part forest, part open land"
+    assert (dn[:, tree == 0] == NODATA_U8).all() and (dom[tree == 0] == NODATA_U8).all(), "no species off trees"
     mapped = dn[0] != NODATA_U8
-    assert mapped[inside].mean() > 0.95, "nearly every AOI pixel has a clear observation in some month"
+    assert mapped[inside & (tree != 0)].mean() > 0.95, "nearly every tree pixel has a clear observation"
     probs = dn[:, mapped].astype(np.float64) * PROB_SCALE
     assert np.abs(probs.sum(axis=0) - 1).max() <= len(dn) * PROB_SCALE / 2 + 1e-9
     # the dominant class is the arg-max of the stored probabilities (up to ties from uint8 rounding)

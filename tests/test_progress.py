@@ -14,7 +14,7 @@ import time
 import pytest
 
 PRODUCTS = ("species_probability.tif", "dominant_species.tif", "genus_probability.tif", "family_probability.tif",
-            "leaf_type_probability.tif", "uncertainty.tif")
+            "leaf_type_probability.tif", "uncertainty.tif", "tree_mask.tif")
 
 
 @pytest.fixture(scope="module")

@@ -46,20 +46,28 @@ def cli(verbose: int, quiet: bool) -> None:
               help="A few-shot head file (treemap fewshot) fitted on --model: maps the head's species.")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(0, 20),
               help="Also write top_species.tif: the k most probable species per pixel and their probabilities.")
+@click.option("--mask", "mask", default="builtin", show_default=True, metavar="builtin|none|RASTER",
+              help="Where non-tree land is masked: the built-in rule on the year's composites, none, or a "
+                   "land-cover raster GDAL reads (any CRS); writes tree_mask.tif, species are nodata off trees.")
+@click.option("--mask-classes", metavar="CODES",
+              help="With --mask RASTER: the raster's tree classes, comma-separated [default: 10,95, ESA "
+                   "WorldCover tree cover and mangroves].")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
 @max_unreadable_option
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product paths.")
 def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device, head,
-            top_k, keep_work, max_unreadable, workers, scheduler, as_json):
+            top_k, mask, mask_classes, keep_work, max_unreadable, workers, scheduler, as_json):
     """Map species probabilities over an AOI; prints the paths of the COGs written."""
+    from treemap.masking import mask_spec
     from treemap.run import PredictRequest, predict as run_predict
 
     start, end = year_window(year, start, end)
+    mask = mask_spec(mask, mask_classes)
     result = run_predict(PredictRequest(
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
         model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work, head=head,
-        top_k=top_k, scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
+        top_k=top_k, scheduler=scheduler, workers=workers, max_unreadable=max_unreadable, mask=mask))
     print_products(result, as_json)
 
 

@@ -83,6 +83,15 @@ class RecipeNotFoundError(RecipeError, FileNotFoundError):
     """The recipe file does not exist."""
 
 
+class MaskError(TreemapError, ValueError):
+    """A --mask or --mask-classes that cannot be used: an unreadable land-cover raster, one without a CRS, a class
+    list that is not integers."""
+
+
+class MaskNotFoundError(MaskError, FileNotFoundError):
+    pass
+
+
 class ExtractError(TreemapError, ValueError):
     """An extraction cannot run: invalid options, or an output folder that belongs to another extraction."""
 
@@ -99,6 +108,7 @@ class SecoDataError(TreemapError, ValueError):
 _NOT_FOUND: dict[type, type] = {
     AOIError: AOINotFoundError, CatalogError: CatalogNotFoundError, ModelError: ModelNotFoundError,
     SpeciesListError: SpeciesListNotFoundError, PointsError: PointsNotFoundError, RecipeError: RecipeNotFoundError,
+    MaskError: MaskNotFoundError,
 }
 
 

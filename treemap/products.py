@@ -2,7 +2,8 @@
 
 A tile raster holds, in this order: the species probabilities, their genus, family and leaf-type roll-ups (uint8,
 DN x :data:`~treemap.outputs.PROB_SCALE`), the dominant species index, three uncertainty bands (normalised entropy,
-top-1 probability, top-1/top-2 margin, same scale), then (``top_k`` > 0) the top-k species indices and their
+top-1 probability, top-1/top-2 margin, same scale), then (with a tree mask) the tree mask (1 tree, 0 not tree,
+255 no decision), then (``top_k`` > 0) the top-k species indices and their
 probabilities. :func:`species_products` says which bands of it each product takes, and gives each product its QGIS
 style (:mod:`treemap.styles`).
 """
@@ -55,13 +56,16 @@ def uncertainty(probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def tile_bands(probs: np.ndarray, species: SpeciesList, top_k: int = 0) -> np.ndarray:
-    """The band stack of a tile raster (see the module doc) from (S, H, W) float probabilities (NaN = none)."""
+def tile_bands(probs: np.ndarray, species: SpeciesList, top_k: int = 0, tree: np.ndarray | None = None) -> np.ndarray:
+    """The band stack of a tile raster (see the module doc) from (S, H, W) float probabilities (NaN = none) and
+    the tile's tree mask (H, W) uint8, if the run has one."""
     _, genus = species.roll_up(probs, "genus")
     _, family = species.roll_up(probs, "family")
     _, leaf = species.roll_up(probs, "level0")
     parts = [encode_probability(probs), encode_probability(genus), encode_probability(family),
              encode_probability(leaf), dominant_class(probs)[None], encode_probability(uncertainty(probs))]
+    if tree is not None:
+        parts.append(np.asarray(tree, dtype=np.uint8)[None])
     if top_k:
         parts.extend(top_k_bands(probs, top_k))
     return np.concatenate(parts)
@@ -73,9 +77,12 @@ def run_tags(start: date, end: date, n_scenes: int) -> dict[str, str]:
             "TREEMAP_SCENES": str(n_scenes)}
 
 
-def species_products(species: SpeciesList, tags: dict[str, str], top_k: int = 0) -> list[ProductSpec]:
-    """The products of a predict run, over tile rasters laid out by :func:`tile_bands`, each with its QGIS style."""
-    from treemap.styles import probability_qml, ramp_qml, species_colours, species_qml
+def species_products(species: SpeciesList, tags: dict[str, str], top_k: int = 0,
+                     tree_mask: str | None = None) -> list[ProductSpec]:
+    """The products of a predict run, over tile rasters laid out by :func:`tile_bands`, each with its QGIS style.
+    ``tree_mask``: how the run's tree mask was made (it adds ``tree_mask.tif``), or None without one."""
+    from treemap.styles import (TREE_MASK_COLOURS, TREE_MASK_NAMES, categorical_qml, probability_qml, ramp_qml,
+                                species_colours, species_qml)
 
     prob_tags = tuple({**tags, "PROBABILITY_SCALE": str(PROB_SCALE), "PROBABILITY_NODATA": "255"}.items())
     genera, _ = species.groups("genus")
@@ -107,6 +114,14 @@ def species_products(species: SpeciesList, tags: dict[str, str], top_k: int = 0)
                              style=ramp_qml(1, 0.0, 1.0, ramp="cividis", label_unit="normalised entropy", raw=False,
                                             scale=PROB_SCALE, nodata=NODATA_U8)))
     offset += len(unc)
+    if tree_mask is not None:
+        names = list(TREE_MASK_NAMES)
+        band = {"description": "tree mask", "categories": names, "colours": list(TREE_MASK_COLOURS),
+                "metadata": {**{f"CLASS_{i}": n for i, n in enumerate(names)}, "CLASS_255": "no decision",
+                             "source": tree_mask}}
+        specs.append(ProductSpec("tree_mask", (band,), offset, tags=tuple(tags.items()),
+                                 style=categorical_qml(names, TREE_MASK_COLOURS)))
+        offset += 1
     if top_k:
         top = [{"description": f"rank {r} species", "categories": list(species.species), "metadata": classes}
                for r in range(1, top_k + 1)]

@@ -63,6 +63,8 @@ MAX_LEGEND = 20
 #: The colour of a class that has neither a colour nor an extra-class entry.
 UNKNOWN_RGBA: RGBA = (255, 0, 255, 255)
 NOT_TREE_RGBA: RGBA = (217, 217, 217, 255)
+#: The value not-tree pixels take in a quicklook drawn with a tree mask.
+NOT_TREE_VALUE = 254
 
 
 class QuicklookError(TreemapError, ValueError):
@@ -417,6 +419,7 @@ def render_quicklook(
     nodata: int | None = 255,
     max_pixels: int = 1600,
     extra_classes: dict[int, tuple[str, RGBA]] | None = None,
+    not_tree: Path | None = None,
 ) -> QuicklookInfo:
     """Draw the class map in band 1 of ``raster`` (class index 0..n-1 = ``names``, drawn in ``colours``) into
     ``out_png``, written atomically.
@@ -427,7 +430,8 @@ def render_quicklook(
     frequent are listed and the rest folded into "… N more". ``extra_classes`` maps further raster values to a
     (name, RGBA) pair, e.g. ``{254: ("not tree", NOT_TREE_RGBA)}``; they are always listed, after the classes.
     ``nodata=None`` takes the raster's own nodata value. A map without any mapped pixel still renders, saying
-    "no data". See the module docstring for the scale bar, the north arrow and the PNG text chunks."""
+    "no data". ``not_tree``: a tree-mask raster on the same grid (0 = not tree); its not-tree pixels are drawn in
+    grey as an extra class "not tree" (value :data:`NOT_TREE_VALUE`). See the module docstring for the scale bar, the north arrow and the PNG text chunks."""
     from matplotlib.offsetbox import AnchoredOffsetbox, AuxTransformBox, TextArea, VPacker
     from matplotlib.patches import Circle, Polygon, Rectangle
     from matplotlib.transforms import ScaledTranslation
@@ -448,6 +452,12 @@ def render_quicklook(
     colours = _complete_colours(list(names), list(colours))
 
     data = band.data
+    if not_tree is not None:
+        mask = read_decimated(Path(not_tree), 1, max_pixels).data
+        if mask.shape != data.shape:
+            raise QuicklookError(f"{not_tree} is not on the grid of {raster}")
+        extra.setdefault(NOT_TREE_VALUE, ("not tree", NOT_TREE_RGBA))
+        data = np.where(mask == 0, np.asarray(NOT_TREE_VALUE, dtype=data.dtype), data)
     if data.dtype == np.uint8:  # the products: a 256-entry palette, no per-pixel index array
         counts = np.bincount(data.ravel(), minlength=256)
         values = np.flatnonzero(counts)

@@ -23,6 +23,7 @@ from treemap.errors import ModelError
 from treemap.grid import Tile, TilePlan, core_mask, pixel_centres_lonlat, plan_tiles
 from treemap.infer import (InferenceSpec, LoadedModel, ModelRef, check_device, load_model_set, predictors,
                            resolve_model, species_key, visible_gpus)
+from treemap.masking import MaskSpec
 from treemap.outputs import ProductSpec, ensure_writable_dir
 from treemap.products import run_tags, species_products, tile_bands
 from treemap.scale import ClusterSpec
@@ -30,6 +31,7 @@ from treemap.stac.search import date_window
 from treemap.taxonomy import SpeciesList
 from treemap.tiles import (DEFAULT_MAX_UNREADABLE, RunSummary, TileResult, find_scenes, run_job,
                            unreadable_assets, unreadable_tags)
+from treemap.treemask import NOT_TREE
 from treemap.workdir import WORK_DIR, work_lock
 
 __all__ = ["PredictRequest", "PredictResult", "PredictJob", "predict", "resolve_model", "WORK_DIR"]
@@ -59,6 +61,7 @@ class PredictRequest:
     scheduler: str | None = None  # an existing dask scheduler's address or scheduler file; None: this machine
     workers: int | None = None  # worker processes on this machine (None: one per CPU core, or per GPU on CUDA)
     max_unreadable: float = DEFAULT_MAX_UNREADABLE  # a tile with more unreadable assets fails
+    mask: MaskSpec = field(default_factory=MaskSpec)  # how non-tree land is masked (treemap.masking)
 
     def cluster(self) -> ClusterSpec:
         return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
@@ -87,9 +90,11 @@ class PreparedTile:
     """A tile's inputs, read and composited, ready for the encoder."""
 
     composites: np.ndarray
+    counts: np.ndarray  # clear acquisitions per month and pixel (12, H, W), halo included
     valid: np.ndarray
     n_scenes: int
     unreadable: tuple[tuple[str, str, str, str], ...] = ()
+    landcover: np.ndarray | None = None  # the --mask raster on the tile's core, already as 1/0/255
 
 
 @dataclass(frozen=True)
@@ -105,44 +110,57 @@ class PredictJob:
     start: date
     end: date
     n_scenes: int
+    mask: MaskSpec = MaskSpec()
 
     def fingerprint(self) -> dict:
-        return {"model": self.keys[0], "species": list(self.species.prompts), "head": self.keys[2],
-                "top_k": self.top_k}
+        out = {"model": self.keys[0], "species": list(self.species.prompts), "head": self.keys[2],
+               "top_k": self.top_k}
+        if self.mask.enabled:  # runs without a mask keep the fingerprint they always had
+            out["mask"] = self.mask.fingerprint()
+        return out
 
     def read(self, tile: Tile, scenes: list, local_aoi) -> PreparedTile:
         from treemap.composite import monthly_composites
         from treemap.cube import TileCube
 
         cube = TileCube(scenes, tile)
-        composites, _ = monthly_composites(cube)
-        return PreparedTile(composites, core_mask(tile, local_aoi), len(scenes), tuple(cube.unreadable))
+        composites, counts = monthly_composites(cube)
+        return PreparedTile(composites, counts, core_mask(tile, local_aoi), len(scenes), tuple(cube.unreadable),
+                            self.mask.read(tile))
 
     def compute(self, tile: Tile, inputs: PreparedTile) -> TileResult:
         predictor = predictors.get(self.ref, self.keys, self.spec)
-        probs = predictor.predict_tile(inputs.composites, tile.halo, pixel_centres_lonlat(tile), inputs.valid)
-        return TileResult(tile_bands(probs, predictor.species, self.top_k), 255,
-                          {"scenes": inputs.n_scenes, "assets": inputs.n_scenes * len(ASSETS),
-                           "unreadable": [list(u) for u in inputs.unreadable]})
+        tree = self.mask.compute(tile, inputs.composites, inputs.counts, inputs.landcover, inputs.valid)
+        encode = inputs.valid if tree is None else inputs.valid & (tree != NOT_TREE)  # masked pixels: not encoded
+        probs = predictor.predict_tile(inputs.composites, tile.halo, pixel_centres_lonlat(tile), encode)
+        record = {"scenes": inputs.n_scenes, "assets": inputs.n_scenes * len(ASSETS),
+                  "unreadable": [list(u) for u in inputs.unreadable]}
+        if tree is not None:
+            record["tree_mask"] = {str(v): int(n) for v, n in zip(*np.unique(tree[inputs.valid], return_counts=True))}
+        return TileResult(tile_bands(probs, predictor.species, self.top_k, tree), 255, record)
 
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
         tags = {**run_tags(self.start, self.end, self.n_scenes), **unreadable_tags(unreadable_assets(plan, records))}
-        return species_products(self.species, tags, self.top_k)
+        return species_products(self.species, tags, self.top_k,
+                                self.mask.describe() if self.mask.enabled else None)
 
     def provenance(self) -> dict:
         """What the run's STAC item records about the model and the species list."""
         return {"model": str(self.ref.model or "demo"), "model_checksum": self.keys[0],
                 "species_list": str(self.ref.species or "demo"), "species_checksum": self.keys[1],
-                "head": str(self.ref.head) if self.ref.head else None, "head_checksum": self.keys[2]}
+                "head": str(self.ref.head) if self.ref.head else None, "head_checksum": self.keys[2],
+                "tree_mask": self.mask.provenance()}
 
     def sidecars(self, staged: dict[str, Path], folder: Path, plan: TilePlan, records: dict[str, dict]) -> None:
-        """``quicklook.png``: the dominant species with a legend, a scale bar and a north arrow."""
+        """``quicklook.png``: the dominant species with a legend, a scale bar and a north arrow; land the tree mask
+        removed in grey."""
         from treemap.quicklook import render_quicklook
         from treemap.styles import species_colours
 
         render_quicklook(staged["dominant_species"], folder / QUICKLOOK, list(self.species.species),
                          species_colours(self.species), "Dominant tree species",
-                         f"{self.start} to {self.end} · {self.n_scenes} scenes · treemap")
+                         f"{self.start} to {self.end} · {self.n_scenes} scenes · treemap",
+                         not_tree=staged.get("tree_mask"))
 
 
 def check_model(loaded: LoadedModel, top_k: int) -> None:
@@ -170,7 +188,7 @@ def predict(request: PredictRequest) -> PredictResult:
         log.info("grid EPSG:%d, %d x %d px, %d tile(s)", plan.epsg, plan.width, plan.height, len(plan.tiles))
         job = PredictJob(ref, (loaded.model_key, species_key(loaded.species), loaded.head_key),
                          InferenceSpec(request.batch_size, request.device), loaded.species, request.top_k, start,
-                         end, len(scenes))
+                         end, len(scenes), request.mask)
         result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device),
                          max_unreadable=request.max_unreadable)
     return PredictResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,

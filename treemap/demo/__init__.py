@@ -10,6 +10,8 @@ the user cache (``$TREEMAP_CACHE`` or ``platformdirs.user_cache_dir("treemap")``
     truth/species.tif                   uint8 class codes on the world's 10 m grid (1..10 species, 101..104 other)
     truth/phenology.tif                 int16 DOY, 7 bands Greenup..Dormancy (MCD12Q2 on the clean EVI curve)
     truth/classes.json                  code -> name, kind, taxonomy
+    truth/landcover.tif                 the truth in ESA WorldCover codes (10 trees, 30 grassland, 40 cropland,
+                                        50 built-up, 80 water; 0 outside): a land-cover raster for --mask
     world.json                          generator version and spec (written last: its presence = complete)
 """
 

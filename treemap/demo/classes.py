@@ -137,6 +137,18 @@ def class_table() -> tuple[ClassDef, ...]:
     return tuple(trees) + _OTHERS
 
 
+#: ESA WorldCover class codes of the demo's classes (trees are all 10 "tree cover"; 0 stays "outside the world").
+WORLDCOVER = {"tree": 10, WATER: 80, GRASSLAND: 30, CROPLAND: 40, BUILT_UP: 50}
+
+
+def worldcover_codes(codes: np.ndarray, table: tuple[ClassDef, ...]) -> np.ndarray:
+    """Truth codes -> ESA WorldCover codes (uint8, 0 where the truth is 0): the demo's land-cover raster."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for c in table:
+        lut[c.code] = WORLDCOVER["tree"] if c.kind == "tree" else WORLDCOVER[c.code]
+    return lut[np.asarray(codes, dtype=np.uint8)]
+
+
 def classes_json(table: tuple[ClassDef, ...]) -> dict:
     """The content of ``truth/classes.json``: code -> name, kind (and taxonomy for trees)."""
     out: dict[str, dict] = {}

@@ -78,6 +78,7 @@ class DemoWorld:
     truth_species: Path  # root/truth/species.tif
     truth_phenology: Path  # root/truth/phenology.tif
     classes: Path  # root/truth/classes.json
+    landcover: Path | None = None  # root/truth/landcover.tif: the truth in ESA WorldCover codes (for --mask)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from treemap.demo import stac
-from treemap.demo.classes import WATER, class_table, classes_json
+from treemap.demo.classes import WATER, class_table, classes_json, worldcover_codes
 from treemap.demo.clouds import CLOUD_SHAPE, CloudModel
 from treemap.demo.layout import STREAM_DATE, Fields, build_fields, build_layout, stream, surface
 from treemap.demo.phenology import METRICS, NODATA, phenology_chunk
@@ -25,6 +25,9 @@ from treemap.demo.spec import (BANDS, BANDS_10M, BANDS_20M, GENERATOR_VERSION, D
                                acquisition_dates, days_in_year, processing_baseline, tile_grids)
 from treemap.durable import gdal_errors, verify_raster
 from treemap.errors import OutputError, WriteError
+
+#: The demo's land-cover raster (its truth in ESA WorldCover codes), under ``truth/``.
+LANDCOVER = "landcover.tif"
 
 log = logging.getLogger("treemap.demo")
 
@@ -190,6 +193,7 @@ def _generate(root: Path, spec: WorldSpec) -> None:
     truth = root / "truth"
     grid = Affine(10.0, 0.0, spec.x_min, 0.0, -10.0, spec.y_max)
     write_cog(truth / "species.tif", r.layout.codes, grid, r.crs, 0, categorical=True)
+    write_cog(truth / LANDCOVER, worldcover_codes(r.layout.codes, r.table), grid, r.crs, 0, categorical=True)
     write_cog(truth / "phenology.tif", pheno.reshape(7, h, w), grid, r.crs, NODATA, categorical=True,
               descriptions=METRICS)
     stac.dump(truth / "classes.json", classes_json(r.table))
@@ -231,11 +235,24 @@ def _is_complete(path: Path, spec: WorldSpec) -> bool:
             and doc.get("spec") == spec.to_json() and (path / "catalog.json").is_file())
 
 
+def _landcover(path: Path, spec: WorldSpec) -> Path:
+    """``truth/landcover.tif`` of the world at ``path``; a world built before it existed gets it from its truth."""
+    target = path / "truth" / LANDCOVER
+    if not target.exists():
+        with rasterio.open(path / "truth" / "species.tif") as ds:
+            codes, transform, crs = ds.read(1), ds.transform, ds.crs
+        tmp = target.with_name(f".{LANDCOVER}.{os.getpid()}.tmp")
+        write_cog(tmp, worldcover_codes(codes, class_table()), transform, crs, 0, categorical=True)
+        os.replace(tmp, target)
+    return target
+
+
 def _world(path: Path, spec: WorldSpec) -> DemoWorld:
     return DemoWorld(root=path, catalog=path / "catalog.json", spec=spec,
                      truth_species=path / "truth" / "species.tif",
                      truth_phenology=path / "truth" / "phenology.tif",
-                     classes=path / "truth" / "classes.json")
+                     classes=path / "truth" / "classes.json",
+                     landcover=_landcover(path, spec))
 
 
 def build_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> DemoWorld:
