@@ -151,3 +151,32 @@ def test_output_folder_that_goes_away(small_disk, tiles, failure):
         expected = "No such file or directory"
     with pytest.raises(WriteError, match=expected):
         publish(specs("x"), plan, sources, out, out / WORK_DIR)
+
+
+def _item(folder, job, names):
+    (folder / "item.json").write_text(json.dumps({
+        "properties": {"treemap:job": job},
+        "assets": {n.replace(".", "_"): {"href": f"./{n}"} for n in [*names, "item.json"] if n != "item.json"}}))
+
+
+@pytest.mark.parametrize("old_job, removed", [("predict", True), ("phenology", False), (None, False)])
+def test_files_of_the_previous_set_that_the_new_run_does_not_make_go_with_it(tmp_path, old_job, removed):
+    """A predict run with --top-k beside a later one without: the later set must not keep the earlier
+    top_species.tif. Files another job wrote (or an unreadable item) are not the set's and stay."""
+    out, root = tmp_path / "out", tmp_path / "out" / WORK_DIR
+    out.mkdir()
+    old = ["species_probability.tif", "top_species.tif", "top_species.tif.aux.xml", "top_species.qml"]
+    for name in [*old, "notes.txt"]:
+        (out / name).write_text("old")
+    if old_job is None:
+        (out / "item.json").write_text("{not json")
+    else:
+        _item(out, old_job, old)
+    staging = Staging(out, root)
+    (staging.path("species_probability.tif")).write_text("new")
+    _item(staging.dir, "predict", ["species_probability.tif"])
+    published = staging.publish()
+    assert {p.name for p in published} == {"species_probability.tif", "item.json"}
+    assert (out / "species_probability.tif").read_text() == "new" and (out / "notes.txt").exists()
+    left = {n for n in old[1:] if (out / n).exists()}
+    assert left == (set() if removed else set(old[1:]))

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 import uuid
 from contextlib import contextmanager
@@ -38,6 +39,29 @@ log = logging.getLogger("treemap.durable")
 
 #: Loggers through which rasterio reports what GDAL's error handler receives.
 _GDAL_LOGGERS = ("rasterio._env", "rasterio._err", "rasterio._base", "rasterio._io")
+
+#: Test hook, for the crash tests only (``tests/test_kill_publish.py``): ``TREEMAP_TEST_KILL_AT=NAME`` or
+#: ``NAME#N`` makes the process kill itself with SIGKILL the first (the N-th) time it reaches
+#: :func:`crash_point` ``NAME`` (``raster-written``, ``written:<file name>``, and those of :mod:`treemap.publish`).
+#: Unset, as it always is outside those tests, crash points do nothing.
+TEST_KILL_ENV = "TREEMAP_TEST_KILL_AT"
+_crash_counts: dict[str, int] = {}
+_crash_lock = threading.Lock()
+
+
+def crash_point(name: str) -> None:
+    """Test hook: die here at once, without any cleanup (as ``kill -9`` or a power cut would), when
+    ``TREEMAP_TEST_KILL_AT`` names this point (see :data:`TEST_KILL_ENV`); otherwise do nothing."""
+    wanted = os.environ.get(TEST_KILL_ENV)
+    if not wanted:
+        return
+    target, _, nth = wanted.partition("#")
+    if target != name:
+        return
+    with _crash_lock:
+        _crash_counts[name] = count = _crash_counts.get(name, 0) + 1
+    if count == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def temporary_sibling(final: Path) -> Path:
@@ -133,6 +157,7 @@ def atomic_write_bytes(final: Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point(f"written:{final.name}")
         replace(tmp, final)
     except OSError as exc:
         raise write_error(final, exc) from None
@@ -262,6 +287,7 @@ def commit_raster(tmp: Path, target: Path, expected: np.ndarray | None = None, f
     except OSError as exc:
         raise write_error(final, exc) from None
     verify_raster(tmp, final, expected)
+    crash_point("raster-written")
     replace(tmp, target, final)
     return target
 

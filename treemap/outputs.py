@@ -9,7 +9,9 @@ interrupted or failed write never leaves a partial raster behind. Whole product 
 from __future__ import annotations
 
 import colorsys
+import errno
 import math
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +75,18 @@ def class_colours(n: int) -> list[tuple[int, int, int, int]]:
 
 
 def ensure_writable_dir(path: Path) -> Path:
-    """Create the output folder if needed and prove it is writable."""
+    """Create the output folder if needed and prove it is writable. The probe is an unnamed file (``O_TMPFILE``)
+    where the filesystem supports it, so even a kill at that moment leaves nothing in the folder."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".treemap-write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        try:
+            os.close(os.open(path, getattr(os, "O_TMPFILE", 0) | os.O_WRONLY, 0o600))
+        except (OSError, ValueError) as exc:  # no O_TMPFILE here (or on this filesystem): a named probe
+            if getattr(exc, "errno", None) in (errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                raise
+            probe = path / f".treemap-write-test-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
     except FileExistsError:
         raise OutputError(f"output path exists and is not a folder: {path}") from None
     except OSError as exc:
