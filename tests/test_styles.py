@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 
 from treemap import styles
-from treemap.styles import (NODATA_COLOUR, RAMPS, TOL_MUTED, TREE_MASK_COLOURS, TREE_MASK_NAMES, categorical_qml,
-                            cielab, delta_e2000, hex_colour, leaf_type_colours, linear_rgb, probability_qml,
-                            qml_path, ramp_qml, rgb_of, simulate, species_colours, species_legend, species_qml,
-                            species_table, write_qml)
+from treemap.qml import categorical_qml, probability_qml, qml_path, ramp_qml, species_qml, write_qml
+from treemap.styles import (NODATA_COLOUR, RAMPS, TOL_MUTED, TREE_MASK_COLOURS, TREE_MASK_NAMES, cielab,
+                            delta_e2000, hex_colour, leaf_type_colours, linear_rgb, rgb_of, simulate, species_colours,
+                            species_legend, species_table)
 from treemap.taxonomy import SpeciesList, Taxon, demo_species_list, load_species_list
 
 REPO = Path(__file__).resolve().parents[1]

@@ -81,8 +81,8 @@ def species_products(species: SpeciesList, tags: dict[str, str], top_k: int = 0,
                      tree_mask: str | None = None) -> list[ProductSpec]:
     """The products of a predict run, over tile rasters laid out by :func:`tile_bands`, each with its QGIS style.
     ``tree_mask``: how the run's tree mask was made (it adds ``tree_mask.tif``), or None without one."""
-    from treemap.styles import (TREE_MASK_COLOURS, TREE_MASK_NAMES, categorical_qml, probability_qml, ramp_qml,
-                                species_colours, species_qml)
+    from treemap.qml import categorical_qml, probability_qml, ramp_qml, species_qml
+    from treemap.styles import TREE_MASK_COLOURS, TREE_MASK_NAMES, species_colours
 
     prob_tags = tuple({**tags, "PROBABILITY_SCALE": str(PROB_SCALE), "PROBABILITY_NODATA": "255"}.items())
     genera, _ = species.groups("genus")

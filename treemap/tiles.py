@@ -381,7 +381,7 @@ def publish(specs: list[ProductSpec], plan: TilePlan, sources: list[tuple[Tile, 
     """Write every product into a staging folder, verify it, and publish the set (see :mod:`treemap.publish`),
     with each product's QGIS style (``NAME.qml``), the run's log as ``treemap.log`` and whatever ``sidecars``
     (called with the staged products and the staging folder) adds beside them."""
-    from treemap.styles import write_qml
+    from treemap.qml import write_qml
 
     check_space(out, [path for _, path in sources])
     staging = Staging(out, root)
