@@ -24,9 +24,9 @@ from shapely.geometry import box, shape
 from treemap import __version__
 from treemap.grid import TilePlan
 from treemap.outputs import NODATA_U8, PROB_SCALE, ProductSpec, class_colours
+from treemap.item_validation import OfflineSTACValidator, offline_validation, validate_run_item
 from treemap.run_item import (CLASSIFICATION_SCHEMA, COG_MEDIA_TYPE, FILE_SCHEMA, ITEM_NAME, PROJECTION_SCHEMA,
-                              RASTER_SCHEMA, Grid, OfflineSTACValidator, RunItemValidationError, footprint,
-                              offline_validation, run_item, validate_run_item, write_run_item)
+                              RASTER_SCHEMA, Grid, RunItemValidationError, footprint, run_item, write_run_item)
 
 SCHEMAS = Path(__file__).parent / "data" / "stac-schemas"
 CORE_SCHEMA = "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json"
