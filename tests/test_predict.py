@@ -5,6 +5,7 @@ from datetime import date
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,15 +118,16 @@ def test_probabilities_and_nodata(run, aoi_inside):
     assert len(np.unique(dom[mapped])) > 1
 
 
-def test_genus_and_family_are_sums_of_species(run):
+def test_genus_family_and_leaf_type_are_sums_of_species(run):
     _, out = run
     species = demo_species_list()
     with rasterio.open(out / "species_probability.tif") as ds:
         p = ds.read().astype(np.float64) * PROB_SCALE
         mapped = ds.read(1) != NODATA_U8
-    for level in ("genus", "family"):
+    for level in ("genus", "family", "level0"):  # level0: leaf type
         names, index = species.groups(level)
-        with rasterio.open(out / f"{level}_probability.tif") as ds:
+        product = "leaf_type" if level == "level0" else level
+        with rasterio.open(out / f"{product}_probability.tif") as ds:
             assert ds.descriptions == names
             got = ds.read().astype(np.float64) * PROB_SCALE
         for g in range(len(names)):
@@ -163,3 +165,29 @@ def test_resume_skips_finished_tiles(small_world, aoi_inside, tmp_path, caplog):
     assert sum("already done" in r.message for r in caplog.records) == first.tiles
     with rasterio.open(second.products["species_probability"]) as ds:
         np.testing.assert_array_equal(ds.read(), before)
+
+
+def test_the_quicklook_and_the_item_of_a_real_run(run):
+    """The quicklook's legend names the species drawn and the land the tree mask removed; the STAC item validates
+    offline and every asset opens from its href."""
+    from PIL import Image
+
+    from treemap.item_validation import validate_run_item
+
+    _, out = run
+    with Image.open(out / "quicklook.png") as im:
+        width, height = im.size
+        legend = json.loads(im.text["treemap:legend"])
+    assert width >= 800 and height >= 400
+    names = [e["name"] for e in legend]
+    assert names[-1] == "not tree" and set(names[:-1]) <= set(demo_species_list().species) and len(names) > 2
+    assert abs(sum(e["share_pct"] for e in legend) - 100) < 0.5
+    schemas = Path(__file__).resolve().parent / "data" / "stac-schemas"
+    validate_run_item(out / "item.json", schemas)
+    item = json.loads((out / "item.json").read_text())
+    for key, asset in item["assets"].items():
+        path = out / asset["href"]
+        assert path.is_file(), key
+        if path.suffix == ".tif":
+            with rasterio.open(path) as ds:
+                assert ds.count == len(asset["raster:bands"])
