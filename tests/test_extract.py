@@ -101,18 +101,25 @@ def test_shards_load_with_a_plain_reader(extracted, points_csv):
         assert text == {"level0": good[key]["level0"], "level1_family": good[key]["level1_family"],
                         "level2_genus": good[key]["level2_genus"], "level3_species": good[key]["level3_species"]}
         assert list(aux) == list(AUX_VARIABLES)
-        assert aux["longitude"] == pytest.approx(float(good[key]["longitude"]))
-        assert aux["latitude"] == pytest.approx(float(good[key]["latitude"]))
+        # the centre of the 10 m pixel holding the point (what predict gives the model there): within 7.1 m
+        assert aux["longitude"] == pytest.approx(float(good[key]["longitude"]), abs=1.1e-4)
+        assert aux["latitude"] == pytest.approx(float(good[key]["latitude"]), abs=0.7e-4)
         assert aux["slope"] is None and aux["bio01"] is None
 
 
-def test_auxiliary_values_come_from_the_raster(extracted, aux_rasters):
+def test_auxiliary_values_come_from_the_raster(extracted, aux_rasters, small_world):
+    """The raster is linear in its column and row (100 + col + 1000 row), so its bilinear interpolation at the
+    pixel centre is that linear function at the centre's fractional position in the raster."""
     result, _ = extracted
     inverse = ~aux_rasters["transform"]
+    to_ll = Transformer.from_crs(small_world.spec.epsg, 4326, always_xy=True)
+    to_utm = Transformer.from_crs(4326, small_world.spec.epsg, always_xy=True)
     for parts in plain_samples(result.shards).values():
         aux = parts["auxiliary.json"]
-        col, row = inverse * (aux["longitude"], aux["latitude"])
-        assert aux["elevation"] == aux_rasters["data"][int(row), int(col)]
+        x, y = to_utm.transform(aux["longitude"], aux["latitude"])
+        lon, lat = to_ll.transform(np.floor(x / 10) * 10 + 5, np.floor(y / 10) * 10 + 5)  # exact centre
+        col, row = inverse * (lon, lat)
+        assert aux["elevation"] == pytest.approx(100 + (col - 0.5) + 1000 * (row - 0.5), abs=0.01)
 
 
 def test_bad_input_is_reported_per_point(extracted):

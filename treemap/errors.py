@@ -92,6 +92,15 @@ class MaskNotFoundError(MaskError, FileNotFoundError):
     pass
 
 
+class AuxError(TreemapError, ValueError):
+    """An auxiliary layer set that cannot be used: an unknown variable, a layer GDAL cannot open, one without a CRS
+    or the band asked for, a layer that covers none of the area."""
+
+
+class AuxNotFoundError(AuxError, FileNotFoundError):
+    pass
+
+
 class ExtractError(TreemapError, ValueError):
     """An extraction cannot run: invalid options, or an output folder that belongs to another extraction."""
 
@@ -108,7 +117,7 @@ class SecoDataError(TreemapError, ValueError):
 _NOT_FOUND: dict[type, type] = {
     AOIError: AOINotFoundError, CatalogError: CatalogNotFoundError, ModelError: ModelNotFoundError,
     SpeciesListError: SpeciesListNotFoundError, PointsError: PointsNotFoundError, RecipeError: RecipeNotFoundError,
-    MaskError: MaskNotFoundError,
+    MaskError: MaskNotFoundError, AuxError: AuxNotFoundError,
 }
 
 

@@ -40,11 +40,14 @@ class Compositing:
 
 @dataclass(frozen=True)
 class AuxSource:
-    """One auxiliary variable read from band ``band`` of a raster, times ``scale``."""
+    """One auxiliary variable read from band ``band`` of a raster, as ``value * scale + offset`` (the layer-set
+    entries of :mod:`treemap.auxiliary`; ``units`` is for people)."""
 
     path: str
     band: Annotated[int, Ge(1)] = 1
     scale: float = 1.0
+    offset: float = 0.0
+    units: str = ""
 
 
 @dataclass(frozen=True)

@@ -134,22 +134,35 @@ def window_patches(catalog, members: list[Located], year: int, epsg: int, compos
 
 
 # -- samples -----------------------------------------------------------------------------------------------------
+def pixel_centre_lonlat(epsg: int, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude and latitude (float32) of the centres of 10 m pixels, computed as
+    :func:`treemap.grid.pixel_centres_lonlat` computes them for a tile."""
+    from pyproj import CRS, Transformer
+
+    xs = np.asarray(cols, dtype=np.float64) * RESOLUTION + RESOLUTION / 2
+    ys = np.asarray(rows, dtype=np.float64) * RESOLUTION + RESOLUTION / 2
+    lon, lat = Transformer.from_crs(CRS.from_epsg(epsg), CRS.from_epsg(4326), always_xy=True).transform(xs, ys)
+    return np.asarray(lon).astype(np.float32), np.asarray(lat).astype(np.float32)
+
+
 def window_samples(catalog, members: list[Located], year: int, epsg: int, compositing: Compositing,
                    aux: AuxSampler | None = None) -> tuple[list[Sample | Skipped], int]:
     """The sample of each of the points ``members`` of one window (in order), or why it is skipped, and the number
-    of scenes used. Longitude and latitude come from the point, the other auxiliary variables from ``aux`` (the
-    recipe's rasters), null where it has none."""
+    of scenes used. The auxiliary variables are those of the pixel holding the point, as ``treemap predict`` feeds
+    them to the model there: longitude and latitude of the pixel centre (float32), the others from ``aux`` (the
+    recipe's rasters, :mod:`treemap.auxiliary`), null where it has none."""
     patches, skipped, n_scenes = window_patches(catalog, members, year, epsg, compositing)
-    lons = np.array([m.point.lon for m in members])
-    lats = np.array([m.point.lat for m in members])
-    values = aux.sample(lons, lats) if aux is not None else {}
+    cols = np.array([m.col for m in members], dtype=np.int64)
+    rows = np.array([m.row for m in members], dtype=np.int64)
+    lons, lats = pixel_centre_lonlat(epsg, cols, rows)
+    values = aux.sample_pixels(epsg, cols, rows) if aux is not None else {}
     results: list[Sample | Skipped] = []
     for j, m in enumerate(members):
         if j in skipped:
             results.append(skipped[j])
             continue
         aux_values = {v: None for v in AUX_VARIABLES}
-        aux_values.update(longitude=m.point.lon, latitude=m.point.lat)
+        aux_values.update(longitude=float(lons[j]), latitude=float(lats[j]))
         for name, vals in values.items():
             aux_values[name] = vals[j]
         results.append(Sample(m.point.key, torch.from_numpy(patches[j]), dict(m.point.text), aux_values))

@@ -159,11 +159,14 @@ class SpeciesPredictor:
         return out
 
     def predict_tile(
-        self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray, rows_per_block: int = 64
+        self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray, rows_per_block: int = 64,
+        layers: np.ndarray | None = None,
     ) -> np.ndarray:
         """Probabilities (S, H, W) for a tile's core; NaN where ``valid`` is False or no month is present.
 
-        ``lonlat`` is (2, H, W) pixel-centre longitude/latitude; ``valid`` (H, W) marks pixels inside the AOI.
+        ``lonlat`` is (2, H, W) pixel-centre longitude/latitude; ``valid`` (H, W) marks pixels inside the AOI;
+        ``layers`` (25, H, W) the other auxiliary variables (:mod:`treemap.auxiliary`), NaN = missing; without
+        them only longitude and latitude are given.
         """
         h, w = valid.shape
         probs = np.full((len(self.species), h, w), np.nan, dtype=np.float32)
@@ -177,6 +180,8 @@ class SpeciesPredictor:
             aux = np.full((int(keep.sum()), N_AUX), np.nan, dtype=np.float32)
             aux[:, 0] = lonlat[0, r0:r1].reshape(-1)[keep]
             aux[:, 1] = lonlat[1, r0:r1].reshape(-1)[keep]
+            if layers is not None:
+                aux[:, 2:] = layers[:, r0:r1].reshape(layers.shape[0], -1)[:, keep].T
             result = self.predict(np.ascontiguousarray(patches[keep]), aux)
             flat = np.full((keep.size, len(self.species)), np.nan, dtype=np.float32)
             flat[keep] = result

@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from treemap.aoi import read_aoi
+from treemap.auxiliary import LayerSet
 from treemap.cube import ASSETS
 from treemap.dates import default_year
 from treemap.errors import ModelError
@@ -62,6 +63,7 @@ class PredictRequest:
     workers: int | None = None  # worker processes on this machine (None: one per CPU core, or per GPU on CUDA)
     max_unreadable: float = DEFAULT_MAX_UNREADABLE  # a tile with more unreadable assets fails
     mask: MaskSpec = field(default_factory=MaskSpec)  # how non-tree land is masked (treemap.masking)
+    aux: LayerSet | None = None  # auxiliary layers (treemap.auxiliary): elevation, climate, soil
 
     def cluster(self) -> ClusterSpec:
         return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
@@ -95,6 +97,7 @@ class PreparedTile:
     n_scenes: int
     unreadable: tuple[tuple[str, str, str, str], ...] = ()
     landcover: np.ndarray | None = None  # the --mask raster on the tile's core, already as 1/0/255
+    aux: np.ndarray | None = None  # the auxiliary layers on the tile's core (25, H, W), NaN = missing
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,15 @@ class PredictJob:
     end: date
     n_scenes: int
     mask: MaskSpec = MaskSpec()
+    aux: LayerSet | None = None
 
     def fingerprint(self) -> dict:
         out = {"model": self.keys[0], "species": list(self.species.prompts), "head": self.keys[2],
                "top_k": self.top_k}
         if self.mask.enabled:  # runs without a mask keep the fingerprint they always had
             out["mask"] = self.mask.fingerprint()
+        if self.aux:  # likewise runs without auxiliary layers
+            out["aux"] = self.aux.fingerprint()
         return out
 
     def read(self, tile: Tile, scenes: list, local_aoi) -> PreparedTile:
@@ -125,14 +131,21 @@ class PredictJob:
 
         cube = TileCube(scenes, tile)
         composites, counts = monthly_composites(cube)
+        aux = None
+        if self.aux:
+            from treemap.auxiliary import AuxReader
+
+            with AuxReader(self.aux) as reader:
+                aux = reader.tile(tile.epsg, tile.core_bounds, (tile.height, tile.width))
         return PreparedTile(composites, counts, core_mask(tile, local_aoi), len(scenes), tuple(cube.unreadable),
-                            self.mask.read(tile))
+                            self.mask.read(tile), aux)
 
     def compute(self, tile: Tile, inputs: PreparedTile) -> TileResult:
         predictor = predictors.get(self.ref, self.keys, self.spec)
         tree = self.mask.compute(tile, inputs.composites, inputs.counts, inputs.landcover, inputs.valid)
         encode = inputs.valid if tree is None else inputs.valid & (tree != NOT_TREE)  # masked pixels: not encoded
-        probs = predictor.predict_tile(inputs.composites, tile.halo, pixel_centres_lonlat(tile), encode)
+        probs = predictor.predict_tile(inputs.composites, tile.halo, pixel_centres_lonlat(tile), encode,
+                                       layers=inputs.aux)
         record = {"scenes": inputs.n_scenes, "assets": inputs.n_scenes * len(ASSETS),
                   "unreadable": [list(u) for u in inputs.unreadable]}
         if tree is not None:
@@ -141,6 +154,9 @@ class PredictJob:
 
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
         tags = {**run_tags(self.start, self.end, self.n_scenes), **unreadable_tags(unreadable_assets(plan, records))}
+        if self.aux:
+            tags["TREEMAP_AUX_LAYERS"] = ",".join(self.aux.provided())
+            tags["TREEMAP_AUX_CHECKSUM"] = self.aux.checksum()
         return species_products(self.species, tags, self.top_k,
                                 self.mask.describe() if self.mask.enabled else None)
 
@@ -149,7 +165,8 @@ class PredictJob:
         return {"model": str(self.ref.model or "demo"), "model_checksum": self.keys[0],
                 "species_list": str(self.ref.species or "demo"), "species_checksum": self.keys[1],
                 "head": str(self.ref.head) if self.ref.head else None, "head_checksum": self.keys[2],
-                "tree_mask": self.mask.provenance()}
+                "tree_mask": self.mask.provenance(),
+                "auxiliary": self.aux.provenance() if self.aux else None}
 
     def sidecars(self, staged: dict[str, Path], folder: Path, plan: TilePlan, records: dict[str, dict]) -> None:
         """``quicklook.png``: the dominant species with a legend, a scale bar and a north arrow; land the tree mask
@@ -186,9 +203,15 @@ def predict(request: PredictRequest) -> PredictResult:
         predictors.offer(loaded)
         plan = plan_tiles(aoi, tile_size=request.tile_size)
         log.info("grid EPSG:%d, %d x %d px, %d tile(s)", plan.epsg, plan.width, plan.height, len(plan.tiles))
+        if request.aux:
+            from treemap.auxiliary import check_layers
+
+            check_layers(request.aux, plan.epsg, plan.bounds)
+        else:
+            log.info("no auxiliary layers (--aux): the model gets longitude and latitude only")
         job = PredictJob(ref, (loaded.model_key, species_key(loaded.species), loaded.head_key),
                          InferenceSpec(request.batch_size, request.device), loaded.species, request.top_k, start,
-                         end, len(scenes), request.mask)
+                         end, len(scenes), request.mask, request.aux)
         result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device),
                          max_unreadable=request.max_unreadable)
     return PredictResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
