@@ -206,10 +206,13 @@ HEAD_KINDS = ("prototype", "linear")
               help="Output file for the head (default: MODEL.head-KIND.safetensors beside the model).")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1),
               help="Points per encoder batch.")
+@click.option("--aux", "aux", type=click.Path(path_type=Path), metavar="LAYERS.yaml",
+              help="Auxiliary layers as predict --aux takes them (map with the same file).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the head's path.")
 @click.pass_context
-def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out, batch_size, device, as_json):
+def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out, batch_size, aux, device,
+            as_json):
     """Fit a few-shot species head from labelled points; use it with `predict --head`."""
     from treemap.fewshot import FewShotRequest, fit_from_points
     from treemap.infer import check_device
@@ -217,8 +220,14 @@ def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out
     if old_kind is not None:
         kind = _deprecated_head_kind(ctx, old_kind)
     check_device(device)
+    layers = None
+    if aux is not None:
+        from treemap.auxiliary import read_layer_set
+
+        layers = read_layer_set(aux)
     result = fit_from_points(FewShotRequest(points=points, model=model_ref, catalog=catalog, kind=kind, out=out,
-                                            year=year, taxonomy=taxonomy, batch_size=batch_size, device=device))
+                                            year=year, taxonomy=taxonomy, batch_size=batch_size, device=device,
+                                            aux=layers))
     click.echo(json.dumps(result.to_json()) if as_json else str(result.head))
 
 

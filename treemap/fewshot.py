@@ -3,7 +3,8 @@
 Points (CSV like ``treemap extract`` takes, or GeoJSON Point features whose properties carry ``species`` and
 optionally ``genus``, ``family``, ``level0``, ``year``) are extracted with the same composites ``predict`` makes
 (:func:`treemap.extract.extract_points`, cached and resumable under the cache folder), encoded by the model with
-longitude and latitude as the only auxiliary values (what ``predict`` gives the model), and a head
+the auxiliary values ``predict`` gives it at the points' pixels (longitude and latitude, plus the ``--aux`` layer
+set's variables, :mod:`treemap.auxiliary`; map with the same ``--aux``), and a head
 (:mod:`treemap.heads`) is fitted on the embeddings. ``treemap predict --head FILE`` then maps the head's species.
 """
 
@@ -19,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from treemap.auxiliary import LayerSet
 from treemap.cache import cache_root, file_sha256
 from treemap.documents import check_file, read_json, read_text
 from treemap.errors import ModelError
-from treemap.extract import ExtractOptions, PointsError, extract_points
+from treemap.extract import AuxSource, ExtractOptions, PointsError, extract_points
 from treemap.heads import HEAD_KINDS, fit_head, save_head
 from treemap.taxonomy import Taxon
 
@@ -43,6 +45,7 @@ class FewShotRequest:
     taxonomy: Path | None = None  # species-list CSV filling level0/family/genus per species
     batch_size: int = 1024
     device: str = "auto"
+    aux: LayerSet | None = None  # auxiliary layers, as predict --aux takes them
 
 
 @dataclass(frozen=True)
@@ -107,17 +110,19 @@ def _samples(request: FewShotRequest, points_csv: Path):
 
     digest = hashlib.sha256(json.dumps({
         "points": file_sha256(points_csv), "catalog": str(request.catalog), "year": request.year,
-        "taxonomy": file_sha256(request.taxonomy) if request.taxonomy else None}).encode()).hexdigest()[:16]
+        "taxonomy": file_sha256(request.taxonomy) if request.taxonomy else None,
+        "aux": request.aux.fingerprint() if request.aux else None}).encode()).hexdigest()[:16]
     work = cache_root() / "fewshot" / digest
-    options = ExtractOptions(default_year=request.year, taxonomy=str(request.taxonomy) if request.taxonomy else None)
+    sources = {layer.variable: AuxSource(layer.path, layer.band, layer.scale, layer.offset, layer.units)
+               for layer in (request.aux.layers if request.aux else ())}
+    options = ExtractOptions(default_year=request.year, taxonomy=str(request.taxonomy) if request.taxonomy else None,
+                             auxiliary=sources)
     result = extract_points(points_csv, work, request.catalog, options=options)
     images, aux, taxa = [], [], []
     for shard in result.shards:
         for sample in read_shard(shard):
             images.append(sample.images)
-            a = torch.full((sample.aux_tensor().shape[0],), float("nan"))
-            a[:2] = sample.aux_tensor()[:2]  # longitude, latitude: the auxiliary values predict gives the model
-            aux.append(a)
+            aux.append(sample.aux_tensor())  # the values predict gives the model at the pixel (same --aux)
             t = sample.text
             taxa.append(Taxon(t["level0"], t["level1_family"], t["level2_genus"], t["level3_species"]))
     return images, aux, taxa, result.skipped
