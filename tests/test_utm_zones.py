@@ -11,6 +11,7 @@ from shapely.geometry import box
 
 from treemap.demo import WorldSpec, build_world
 from treemap.grid import to_crs, utm_epsg
+from treemap.masking import MaskSpec
 from treemap.outputs import NODATA_U8
 from treemap.run import PredictRequest, predict
 
@@ -44,7 +45,7 @@ def test_aoi_across_two_zones_maps_into_one_cog(two_zone_catalog, tmp_path):
     aoi.write_text(json.dumps(aoi_geom.__geo_interface__))
     result = predict(PredictRequest(aoi=aoi, out=tmp_path / "out", catalog=str(two_zone_catalog), model="demo",
                                     species="demo", start=date(2022, 1, 1), end=date(2022, 12, 31),
-                                    tile_size=128))
+                                    tile_size=128, mask=MaskSpec(kind="none")))  # every pixel mapped
     assert result.epsg == 32633  # the zone of the AOI's centroid
     with rasterio.open(result.products["species_probability"]) as ds:
         assert ds.crs.to_epsg() == 32633
