@@ -97,20 +97,24 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
               help="Fewer clear observations in the year: the pixel gets no dates (QA 1).")
 @click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
               help="Tile edge in 10 m pixels.")
+@click.option("--snow-screen/--no-snow-screen", default=True, show_default=True,
+              help="Drop the snow on the ground the scene classification missed before the fit (SCL 11 never "
+                   "counts).")
 @click.option("--seasonal", is_flag=True, help="Also write seasonal_composites.tif: clear-sky medians of the four "
               "phenological seasons.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
 @max_unreadable_option
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product paths.")
-def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observations, tile_size, seasonal,
-              keep_work, max_unreadable, workers, scheduler, as_json):
+def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observations, tile_size, snow_screen,
+              seasonal, keep_work, max_unreadable, workers, scheduler, as_json):
     """Season timing per pixel (MCD12Q2 transition dates) for one year; prints the paths of the COGs written."""
     from treemap.phenology_run import PhenologyRequest, run_phenology
 
     result = run_phenology(PhenologyRequest(
         aoi=aoi, out=out, year=year, catalog=catalog, index=index, margin_days=margin_days, max_cloud=max_cloud,
-        tile_size=tile_size, min_observations=min_observations, seasonal=seasonal, keep_work=keep_work,
+        tile_size=tile_size, min_observations=min_observations, snow_screen=snow_screen, seasonal=seasonal,
+        keep_work=keep_work,
         scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
     print_products(result, as_json)
 

@@ -2,7 +2,11 @@
 
 Same path as a mapping run (search, UTM tiles, the lazy cube, per-scene harmonisation and SCL masking), but the tile's
 clear-sky series is kept per acquisition instead of composited by month: the vegetation index of each acquisition
-goes to :func:`treemap.phenology.phenology_metrics`. The search covers the year plus ``margin_days`` either side so
+goes to :func:`treemap.phenology.phenology_metrics`. Snow never enters the fit: observations the scene
+classification calls snow (SCL 11) do not count as clear here (:data:`PHENOLOGY_CLEAR_SCL`; the monthly composites of
+a mapping run keep them), and the snow screen (:mod:`treemap.phenology.snow`, on by default) drops the snow on the
+ground that the classification missed, for EVI and NDVI alike; each tile's record, the log and the run summary
+(``snow``) count both. The search covers the year plus ``margin_days`` either side so
 that cycles crossing the new year are whole. Tiles finish with a done-marker, so an interrupted run resumes; they run
 in this process or on a dask cluster (:mod:`treemap.scale`), under the output folder's lock (:mod:`treemap.workdir`).
 
@@ -34,13 +38,13 @@ from treemap.errors import DateRangeError, TreemapError
 from treemap.grid import Tile, TilePlan, core_index, core_mask, plan_tiles
 from treemap.outputs import NODATA_I16, ProductSpec, ensure_writable_dir
 from treemap.scale import ClusterSpec
-from treemap.cube import ASSETS
+from treemap.cube import ASSETS, CLEAR_SCL
 from treemap.tiles import (DEFAULT_MAX_UNREADABLE, RunSummary, TileResult, find_scenes, run_job,
                            unreadable_assets, unreadable_tags)
 from treemap.workdir import WORK_DIR, work_lock
 
 __all__ = ["PhenologyRequest", "PhenologyRunResult", "PhenologyJob", "run_phenology", "search_window",
-           "encode_metrics", "encode_reflectance", "WORK_DIR"]
+           "encode_metrics", "encode_reflectance", "tile_series", "PHENOLOGY_CLEAR_SCL", "WORK_DIR"]
 
 log = logging.getLogger("treemap.phenology")
 
@@ -52,6 +56,11 @@ _LEVELS = ("minimum", "peak_value", "amplitude")
 #: Names of the QA codes 0..4 in the run summary (see :data:`treemap.phenology.QA_CODES`).
 QA_KEYS = ("good", "few_observations", "no_cycle", "partial", "gap")
 _UNITS = {"season_length": "days", "n_clear": "count", "qa": "code"}
+#: SCL classes counted as clear sky for phenology: the mapping run's :data:`treemap.cube.CLEAR_SCL` without snow/ice
+#: (11), whose low index would pull the dormant base of the curve down.
+PHENOLOGY_CLEAR_SCL: tuple[int, ...] = tuple(c for c in CLEAR_SCL if c != 11)
+#: Names of the snow counts in the tile records and the run summary.
+SNOW_KEYS = ("scl", "screened")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class PhenologyRequest:
     max_cloud: float = 100.0
     tile_size: int = 512
     min_observations: int = 12
+    snow_screen: bool = True  # drop the snow on the ground the scene classification missed (treemap.phenology.snow)
     seasonal: bool = False
     keep_work: bool = False
     scheduler: str | None = None  # an existing dask scheduler's address or scheduler file; None: this machine
@@ -80,9 +90,15 @@ class PhenologyRunResult(RunSummary):
     year: int = 0
     qa_counts: dict[str, int] = field(default_factory=dict)
     unreadable: tuple[tuple[str, str, str, str], ...] = ()
+    #: observations (pixel-dates in the AOI) left out of the fit as snow: ``scl`` classified snow (SCL 11) in every
+    #: scene of the acquisition, ``screened`` found by the snow screen
+    snow: dict[str, int] = field(default_factory=dict)
+    #: input sanity, summed over the tiles (see :func:`input_counts`)
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {**super().to_json(), "year": self.year, "qa_counts": self.qa_counts,
+        return {**super().to_json(), "year": self.year, "qa_counts": self.qa_counts, "snow": self.snow,
+                "inputs": self.inputs,
                 "unreadable_assets": [dict(zip(("scene", "band", "href", "reason"), u)) for u in self.unreadable]}
 
 
@@ -118,19 +134,83 @@ def encode_reflectance(refl: np.ndarray) -> np.ndarray:
     return out
 
 
-def tile_series(cube, index: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The core pixels' index series of a tile: dates (T,) datetime64[D], values and clear mask (T, H * W)."""
-    from treemap.composite import acquisition_blocks
+def series_blocks(cube, block: int = 8):
+    """The tile's clear-sky series for phenology, ``block`` acquisitions at a time: (acquisitions, reflectance
+    (A, 10, H, W) masked with :data:`PHENOLOGY_CLEAR_SCL`, snow (A, H, W) bool).
+
+    The same reading as :func:`treemap.composite.acquisition_blocks` (harmonised, masked per scene, the scenes of
+    one acquisition mosaicked first-clear-first) with SCL 11 not clear, plus where the acquisition is snow by its
+    classification: no scene clear there and at least one classified snow."""
+    from treemap.composite import harmonise, mask_reflectance, mosaic_first_valid
+    from treemap.cube import acquisitions
+    from treemap.phenology.snow import SCL_SNOW
+
+    groups = acquisitions(cube.scenes)
+    for start in range(0, len(groups), block):
+        chunk = groups[start:start + block]
+        flat = [i for g in chunk for i in g.indices]
+        dn, scl = cube.load(flat)
+        refl = harmonise(dn, cube.scale[flat], cube.offset[flat])
+        del dn
+        snow = scl == SCL_SNOW
+        mask_reflectance(refl, scl, PHENOLOGY_CLEAR_SCL)
+        position = {scene_index: k for k, scene_index in enumerate(flat)}
+        rows = [[position[i] for i in g.indices] for g in chunk]
+        out = np.stack([mosaic_first_valid(refl[r]) for r in rows])
+        flagged = np.stack([snow[r].any(axis=0) for r in rows]) & np.isnan(out).any(axis=1)
+        yield chunk, out, flagged
+
+
+@dataclass(frozen=True)
+class SnowCounts:
+    """Per core pixel (H * W,), int32: observations classified snow (SCL 11) and observations screened as snow."""
+
+    scl: np.ndarray
+    screened: np.ndarray
+
+    def total(self, inside: np.ndarray | None = None) -> dict[str, int]:
+        """Sums over the pixels (those where ``inside`` is True), keyed by :data:`SNOW_KEYS`."""
+        sel = slice(None) if inside is None else inside
+        return {"scl": int(self.scl[sel].sum()), "screened": int(self.screened[sel].sum())}
+
+
+def tile_series(cube, index: str, snow_screen=True) -> tuple[np.ndarray, np.ndarray, np.ndarray, SnowCounts]:
+    """The core pixels' index series of a tile: dates (T,) datetime64[D], values and clear mask (T, H * W), and the
+    snow counts per pixel.
+
+    Clear means: clear by :data:`PHENOLOGY_CLEAR_SCL` (snow-classified observations are not), every band valid,
+    and, with ``snow_screen`` (``True`` or a :class:`treemap.phenology.snow.SnowScreen`), not screened as snow.
+    The screen's per-pixel test needs each pixel's whole series, so it runs after the last block; meanwhile the
+    blocks keep B03 and NDSI (float16) beside the index."""
+    from treemap.phenology.snow import SnowScreen, screen_bands, screen_series
     from treemap.phenology.tile import vegetation_index
 
+    params = snow_screen if isinstance(snow_screen, SnowScreen) else (SnowScreen() if snow_screen else None)
     core = core_index(cube.tile)
-    dates, values, clear = [], [], []
-    for groups, refl in acquisition_blocks(cube):
-        vi, ok = vegetation_index(refl[core], index)
-        values.append(vi.reshape(len(groups), -1))
-        clear.append(ok.reshape(len(groups), -1))
+    dates, values, clear, flagged, green, ndsi, is_open = [], [], [], [], [], [], []
+    for groups, refl, snow in series_blocks(cube):
+        a = len(groups)
+        part = refl[core]
+        vi, ok = vegetation_index(part, index)
+        values.append(vi.reshape(a, -1))
+        clear.append(ok.reshape(a, -1))
+        flagged.append(snow[:, core[2], core[3]].reshape(a, -1))
+        if params is not None:
+            b03, nd, op = screen_bands(part)
+            green.append(b03.reshape(a, -1))
+            ndsi.append(nd.reshape(a, -1))
+            is_open.append(op.reshape(a, -1))
         dates.extend(np.datetime64(g.key[1], "D") for g in groups)
-    return np.array(dates, dtype="datetime64[D]"), np.concatenate(values), np.concatenate(clear)
+    values, clear = np.concatenate(values), np.concatenate(clear)
+    n_scl = np.concatenate(flagged).sum(axis=0, dtype=np.int32)
+    if params is not None:
+        screened = screen_series(values, np.concatenate(green), np.concatenate(ndsi), np.concatenate(is_open),
+                                 clear, params)
+        clear &= ~screened
+        n_screened = screened.sum(axis=0, dtype=np.int32)
+    else:
+        n_screened = np.zeros(values.shape[1], dtype=np.int32)
+    return (np.array(dates, dtype="datetime64[D]"), values, clear, SnowCounts(n_scl, n_screened))
 
 
 @dataclass(frozen=True)
@@ -142,6 +222,7 @@ class SeriesTile:
     values: np.ndarray
     clear: np.ndarray
     inside: np.ndarray
+    snow: dict = field(default_factory=dict)  # snow counts of the pixels in the AOI (:meth:`SnowCounts.total`)
 
 
 @dataclass(frozen=True)
@@ -156,16 +237,20 @@ class PhenologyJob:
 
     def fingerprint(self) -> dict:
         r = self.request
-        return {"year": r.year, "index": r.index, "min_observations": r.min_observations, "seasonal": r.seasonal}
+        return {"year": r.year, "index": r.index, "min_observations": r.min_observations, "seasonal": r.seasonal,
+                "snow_screen": r.snow_screen}
 
     def read(self, tile: Tile, scenes: list, local_aoi) -> SeriesTile:
         from treemap.cube import TileCube
 
         cube = TileCube(scenes, tile)
-        dates, values, clear = tile_series(cube, self.request.index)
+        dates, values, clear, snow = tile_series(cube, self.request.index, self.request.snow_screen)
         inside = core_mask(tile, local_aoi).ravel()
         clear &= inside[None, :]
-        return SeriesTile(cube, dates, values, clear, inside)
+        counts = snow.total(inside)
+        log.info("tile %s: %d observations classified snow (SCL 11) and %d screened as snow, left out of the fit",
+                 tile.id, counts["scl"], counts["screened"])
+        return SeriesTile(cube, dates, values, clear, inside, counts)
 
     def compute(self, tile: Tile, inputs: SeriesTile) -> TileResult:
         from treemap.composite import acquisition_blocks
@@ -190,6 +275,8 @@ class PhenologyJob:
         n_scenes = len(inputs.cube.scenes)
         return TileResult(data, NODATA_I16, {"scenes": n_scenes, "assets": n_scenes * len(ASSETS),
                                               "dates": int(inputs.dates.shape[0]), "qa": qa,
+                                              "snow": {k: int(inputs.snow.get(k, 0)) for k in SNOW_KEYS},
+                                              "input": result.stats.as_dict() if result.stats else {},
                                               "unreadable": [list(u) for u in inputs.cube.unreadable]})
 
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
@@ -209,17 +296,53 @@ def run_phenology(request: PhenologyRequest) -> PhenologyRunResult:
     start, end = search_window(request.year, request.margin_days)
     out = ensure_writable_dir(Path(request.out))
     with work_lock(out):
+        from treemap.phenology.sanity import reset_warnings
+
+        reset_warnings()
         scenes = find_scenes(request.catalog, aoi, start, end, request.max_cloud)
         plan = plan_tiles(aoi, tile_size=request.tile_size)
         job = PhenologyJob(request, start, end, len(scenes))
         result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work,
                          max_unreadable=request.max_unreadable)
     qa_total = np.zeros(5, dtype=np.int64)
+    snow = dict.fromkeys(SNOW_KEYS, 0)
     for record in result.records.values():
         qa_total += np.asarray(record.get("qa", [0] * 5)[:5], dtype=np.int64)
+        for k in SNOW_KEYS:
+            snow[k] += int(record.get("snow", {}).get(k, 0))
     qa_counts = {name: int(c) for name, c in zip(QA_KEYS, qa_total)}
+    inputs = input_counts(result.records.values())
+    if snow["scl"] or snow["screened"]:
+        log.info("%d observations classified snow (SCL 11) and %d screened as snow were left out of the fit",
+                 snow["scl"], snow["screened"])
     return PhenologyRunResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
-                              request.year, qa_counts, tuple(unreadable_assets(plan, result.records)))
+                              request.year, qa_counts, tuple(unreadable_assets(plan, result.records)), snow, inputs)
+
+
+def input_counts(records) -> dict[str, int]:
+    """The tiles' input-sanity counts (:class:`treemap.phenology.sanity.PhenologyStats`) added up, logged: values
+    rejected as not finite or implausible, and results the final guard changed. Warns once for the run when the
+    index looks like unscaled reflectance (with dask, each worker's own warning goes to that worker's log)."""
+    from treemap.phenology.sanity import UNSCALED_SHARE
+
+    keys = ("n_flagged_clear", "n_nonfinite", "n_implausible", "n_out_of_range", "n_used", "n_guarded_pixels",
+            "n_guarded_dates")
+    total = dict.fromkeys(keys, 0)
+    for record in records:
+        for k in keys:
+            total[k] += int(record.get("input", {}).get(k, 0) or 0)
+    rejected = total["n_nonfinite"] + total["n_implausible"] + total["n_out_of_range"]
+    if rejected:
+        log.info("%d clear observations rejected: %d not finite, %d beyond +-1.5, %d outside the valid range",
+                 rejected, total["n_nonfinite"], total["n_implausible"], total["n_out_of_range"])
+    if total["n_guarded_pixels"]:
+        log.warning("the final check set %d date(s) of %d pixel(s) to NaN (impossible dates)",
+                    total["n_guarded_dates"], total["n_guarded_pixels"])
+    finite = total["n_flagged_clear"] - total["n_nonfinite"]
+    if finite and total["n_implausible"] / finite > UNSCALED_SHARE:
+        log.warning("%.0f %% of the index values are beyond +-1.5: the reflectance looks unscaled (DN); check the "
+                    "catalog's scale and offset", 100 * total["n_implausible"] / finite)
+    return total
 
 
 def phenology_products(request: PhenologyRequest, start: date, end: date, n_scenes: int,

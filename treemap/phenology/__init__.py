@@ -3,7 +3,8 @@
 Method (compiled with numba; :mod:`treemap.phenology._numpy` is the same method in plain NumPy and gives the same
 numbers):
 
-1. **Gap handling.** Only observations that are clear, finite and inside ``valid_range`` count. The analysis window
+1. **Gap handling.** Only observations that are clear, finite and inside ``valid_range`` count (see *Input sanity*
+   below). The analysis window
    is the year plus ``margin`` days either side, so that cycles crossing the new year are whole. The smoothed curve
    lives on a regular grid of nodes ``step`` days apart starting at the first date in the window; each observation
    is tied to the curve interpolated linearly to its exact date, so irregular and repeated dates need no resampling,
@@ -33,25 +34,47 @@ numbers):
    the mean of the values in a band reaching as far above the base as the trough lies below it. On a flat, noisy
    floor this narrows to the floor's own spread; on a V-shaped trough it leaves the base unchanged. Likewise the
    peak level is the mean of the cycle's values within ``peak_fraction`` of the amplitude below its maximum. A
-   trough at the very start or end of the series counts only when its floor spans ``min_floor_days``; otherwise
-   the cycle is cut there (QA 3) and that side's dates are NaN.
+   trough at the very start or end of the series counts only when its floor spans ``min_floor_days``, and, where
+   the zig-zag confirmed no trough there (the peak is the first or last extreme: the series starts or ends on the
+   cycle's top), when that floor also lies ``min_amplitude`` below the peak; a side whose base is not below the
+   peak level never counts. Otherwise the cycle is cut there (QA 3) and that side's dates are NaN: a plateau level
+   with the top at a series end (a winter cereal green when the series starts or ends) is no dormant floor.
 5. **Transition dates.** Greenup, MidGreenup, Maturity: first upward crossings of 15/50/90 % of the left amplitude
    (peak level - left base) after the left trough; Senescence, MidGreendown, Dormancy: last downward crossings of
    90/50/15 % of the right amplitude before the right trough; crossings interpolated linearly between nodes
-   (fractional days). Peak: the centre of the cycle's top, midway between the upward and downward crossings of
-   the maximum less 10 % of the amplitude (``_jit.PEAK_CENTRE_FRACTION``), kept between maturity and senescence;
-   on a flat top the day of the maximum itself is set by the noise. Minimum = the lower side base, amplitude =
-   peak level - minimum, season length = dormancy - greenup; ``next_greenup``: greenup of the following cycle by
-   the same rules. Only that cycle's green-up side has to be in the series: a curve still rising when the series
-   ends counts as the following cycle once its top (the values within ``peak_fraction`` of the rise below the last
-   one) spans 10 days (``_jit.MIN_TOP_DAYS``), i.e. the rise has levelled off (it never counts as the year's own
-   cycle).
+   (fractional days), never extrapolated beyond the nodes searched. Peak: the centre of the cycle's top, midway
+   between the upward and downward crossings of the maximum less 10 % of the amplitude
+   (``_jit.PEAK_CENTRE_FRACTION``), kept between maturity and senescence; on a flat top the day of the maximum itself
+   is set by the noise; a top cut by the series end or start extends to it. Minimum = the lower side base, amplitude
+   = peak level - minimum, season length = dormancy - greenup; ``next_greenup``: greenup of the following cycle by
+   the same rules. Only that cycle's green-up side has to be in the series: a curve still rising when the series ends
+   counts as the following cycle once its top (the values within ``peak_fraction`` of the rise below the last one)
+   spans 10 days (``_jit.MIN_TOP_DAYS``), i.e. the rise has levelled off (it never counts as the year's own cycle).
 
 QA codes (:data:`QA_CODES`): 0 good; 1 fewer than ``min_observations`` clear observations in the year (every metric
 NaN); 2 no cycle peaking in the year (flat, evergreen or constant curve; dates NaN, the minimum, peak value and
-amplitude of the curve are still given); 3 cycle cut by the start or end of the series (that side's dates NaN);
-4 all dates defined but one lies in a gap between clear observations longer than ``max_gap`` days. Bad pixels never
-raise: NaN values, all-cloudy pixels, constant and short series come back as NaN metrics with their QA code.
+amplitude of the curve are still given); 3 cycle cut by the start or end of the series (that side's dates NaN; only
+the peak is given where the series resolves neither side); 4 all dates defined but one lies in a gap between clear
+observations longer than ``max_gap`` days. Bad pixels never raise: NaN values, all-cloudy pixels, constant and short
+series come back as NaN metrics with their QA code.
+
+**Dates are never impossible.** Every date of a pixel lies within its observed series: between its first and its
+last clear observation in the analysis window, give or take one ``step`` (the outermost nodes of its curve; dates
+in the neighbouring years are fine inside the series). The seven transitions are in order (greenup <= midgreenup
+<= maturity <= peak <= senescence <= midgreendown <= dormancy), each side's three dates are defined together,
+``season_length`` = dormancy - greenup, ``next_greenup`` lies in the series and not before dormancy, and the QA code
+agrees with the NaN pattern (QA 0 and 4: all seven dates; 1 and 2: none; 3: not all). The method keeps this by
+construction (steps 4 and 5); a final, vectorised guard (:func:`treemap.phenology.sanity.enforce`) enforces it on
+every result all the same: a side that breaks it becomes NaN, a peak that does too, and a pixel that loses a date
+becomes QA 3. ``PhenologyResult.stats.n_guarded_pixels`` counts what it changed (0 unless a kernel misbehaves).
+
+**Input sanity.** ``valid_range`` lies within +-1.5 (:data:`PLAUSIBLE_LIMIT`): a non-finite value or one with
+|value| > 1.5 is never an index of reflectance and is rejected per observation like one outside ``valid_range``.
+``PhenologyResult.stats`` (:class:`PhenologyStats`) counts the observations marked clear that were rejected, by
+cause. Where more than a quarter of the finite values marked clear in a call lie beyond +-1.5, the input looks
+unscaled (an index of reflectance digital numbers, DN up to 10000, or an index stored x 10000): one warning per
+process (logger ``treemap.phenology``) says so and how to scale (DN / 10000; (DN - 1000) / 10000 from processing
+baseline 04.00 on), since those pixels come back as QA 1 (see :mod:`treemap.phenology.sanity`).
 
 Dates are fractional days of year of ``year`` (1 = 1 January). The demo world's truth rounds MCD12Q2 dates to whole
 days (first day at or above a threshold on the way up, last day at or above it on the way down): ``ceil`` of the
@@ -68,6 +91,7 @@ from treemap.phenology._core import (FLOAT_FIELDS, QA_CODES, QA_FEW_OBSERVATIONS
                                      QA_PARTIAL, TRANSITIONS, Params, PhenologyResult, check_inputs, empty_result,
                                      make_grid, pack, to_days)
 from treemap.phenology.indices import evi, ndvi
+from treemap.phenology.sanity import PLAUSIBLE_LIMIT, PhenologyStats, enforce, scan_inputs, warn_unscaled
 from treemap.phenology.seasons import SEASONS, seasonal_windows
 from treemap.phenology.tile import (BAND_ORDER, COMPOSITE_HALF_WIDTH, METRIC_DESCRIPTIONS, METRIC_NAMES,
                                     TilePhenology, seasonal_composites, tile_phenology)
@@ -75,8 +99,8 @@ from treemap.phenology.tile import (BAND_ORDER, COMPOSITE_HALF_WIDTH, METRIC_DES
 __all__ = [
     "BAND_ORDER", "COMPOSITE_HALF_WIDTH", "FLOAT_FIELDS", "METRIC_DESCRIPTIONS", "METRIC_NAMES", "QA_CODES",
     "QA_FEW_OBSERVATIONS", "QA_GAP", "QA_GOOD", "QA_NO_CYCLE", "QA_PARTIAL", "SEASONS", "TRANSITIONS",
-    "PhenologyResult", "TilePhenology", "evi", "ndvi", "phenology_metrics", "seasonal_composites",
-    "seasonal_windows", "smoothed_series", "tile_phenology",
+    "PLAUSIBLE_LIMIT", "PhenologyResult", "PhenologyStats", "TilePhenology", "evi", "ndvi", "phenology_metrics",
+    "seasonal_composites", "seasonal_windows", "smoothed_series", "tile_phenology",
 ]
 
 
@@ -93,7 +117,8 @@ def phenology_metrics(dates, values, clear=None, year: int | None = None, *, min
             strings. Need not be sorted; repeated dates are fine.
         values: (T, N) (or (T,) for one pixel) vegetation index, EVI by default (see :func:`evi`, :func:`ndvi`).
         clear: (T, N) bool, True where the observation is clear sky. ``None``: every finite value counts.
-            Non-finite values and values outside ``valid_range`` never count, whatever ``clear`` says.
+            Non-finite values and values outside ``valid_range`` never count, whatever ``clear`` says (they are
+            counted in ``stats``).
         year: the calendar year to report. The cycle reported is the one whose peak falls in this year (the larger
             one if there are two). Give the series at least ``margin`` days either side for cycles that cross the
             new year.
@@ -111,13 +136,15 @@ def phenology_metrics(dates, values, clear=None, year: int | None = None, *, min
         min_floor_days: a trough at the series' start or end needs a floor this long to count.
         max_gap: days; a date inside a longer gap between clear observations makes an otherwise good pixel QA 4.
         margin: days of data used on either side of the year.
-        valid_range: index values outside it are treated as not clear.
+        valid_range: index values outside it are treated as not clear; it must lie within +-1.5
+            (:data:`PLAUSIBLE_LIMIT`), else ``ValueError``.
         engine: ``"numba"`` (default) or ``"numpy"`` (the same method in plain NumPy; slower, for checks).
 
     Returns:
         :class:`PhenologyResult`: (N,) float32 arrays of day of year relative to 1 January of ``year`` (below 1 or
         above 365/366 for transitions in the neighbouring years; fractional) and levels, NaN where undefined, plus
-        ``n_clear`` (int32), ``qa`` (uint8, :data:`QA_CODES`) and ``n_cycles`` (uint8).
+        ``n_clear`` (int32), ``qa`` (uint8, :data:`QA_CODES`) and ``n_cycles`` (uint8); ``stats``
+        (:class:`PhenologyStats`): the call's counts of rejected observations and of the guard's changes.
     """
     if year is None:
         raise TypeError("phenology_metrics() needs the year to report")
@@ -133,18 +160,27 @@ def phenology_metrics(dates, values, clear=None, year: int | None = None, *, min
     if clear is None:
         clear = np.ones(np.shape(values), dtype=bool)
     values, clear = check_inputs(days, values, clear)
+    if engine not in ("numba", "numpy"):
+        raise ValueError(f"unknown engine {engine!r} (numba, numpy)")
     n = values.shape[1]
     grid = make_grid(days, int(year), params)
     if grid is None or n == 0:
-        return empty_result(n, int(year))
+        rows = np.arange(days.shape[0]) if grid is None else grid.obs_idx
+        _, _, stats = scan_inputs(values, clear, rows, np.zeros(rows.shape[0]), params.valid_range)
+        warn_unscaled(stats)
+        return empty_result(n, int(year), stats=stats)
+    # input sanity: counts of the rejected observations, each pixel's first and last used observation
+    first, last, stats = scan_inputs(values, clear, grid.obs_idx, grid.doy_a + grid.obs_day, params.valid_range)
+    warn_unscaled(stats)
     if engine == "numba":
         from treemap.phenology._numba import run
-    elif engine == "numpy":
-        from treemap.phenology._numpy import run
     else:
-        raise ValueError(f"unknown engine {engine!r} (numba, numpy)")
+        from treemap.phenology._numpy import run
     out, n_clear, qa, n_cycles = run(values, clear, grid, params)
-    return pack(out, n_clear, qa, n_cycles, int(year))
+    # the final guard: no impossible date leaves this function (dates within the observed series, in order)
+    n_px, n_dates = enforce(out, qa, first, last, params.step)
+    stats = dataclasses.replace(stats, n_guarded_pixels=n_px, n_guarded_dates=n_dates)
+    return pack(out, n_clear, qa, n_cycles, int(year), stats=stats)
 
 
 def smoothed_series(dates, values, clear=None, year: int | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from treemap.phenology import _numba as K
+from treemap.phenology.sanity import PLAUSIBLE_LIMIT, PhenologyStats
 
 #: The seven MCD12Q2 transition dates, in order.
 TRANSITIONS: tuple[str, ...] = ("greenup", "midgreenup", "maturity", "peak", "senescence", "midgreendown",
@@ -27,7 +28,7 @@ QA_CODES: dict[int, str] = {
     QA_GOOD: "good: all seven transition dates defined",
     QA_FEW_OBSERVATIONS: "too few clear observations in the year: every metric NaN",
     QA_NO_CYCLE: "no vegetation cycle peaking in the year (flat, evergreen or constant curve): dates NaN",
-    QA_PARTIAL: "cycle cut by the start or end of the series: the dates on that side NaN",
+    QA_PARTIAL: "cycle cut by the start or end of the series (a side it does not resolve): that side's dates NaN",
     QA_GAP: "all dates defined, at least one inside a gap between clear observations longer than max_gap",
 }
 
@@ -56,20 +57,24 @@ class PhenologyResult:
     qa: np.ndarray  #: uint8: see :data:`QA_CODES`
     n_cycles: np.ndarray  #: uint8: cycles whose peak falls in the year (the largest one is reported)
     year: int
+    #: input sanity and guard counts of the call that made the result (not per pixel; ``None`` when unknown, e.g.
+    #: a result put together from parts: add the parts' stats up with :meth:`PhenologyStats.combine`)
+    stats: PhenologyStats | None = None
 
     def __len__(self) -> int:
         return int(self.qa.shape[0])
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "year"}
+        """The (N,) arrays by name (not ``year`` and ``stats``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("year", "stats")}
 
     def dates(self) -> np.ndarray:
         """(7, N) float32: the seven transition dates in MCD12Q2 order."""
         return np.stack([getattr(self, name) for name in TRANSITIONS])
 
     def take(self, index) -> PhenologyResult:
-        """The result for a subset of pixels (any NumPy index on the pixel axis)."""
-        return PhenologyResult(**{k: v[index] for k, v in self.as_dict().items()}, year=self.year)
+        """The result for a subset of pixels (any NumPy index on the pixel axis); ``stats`` stay those of the call."""
+        return PhenologyResult(**{k: v[index] for k, v in self.as_dict().items()}, year=self.year, stats=self.stats)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,10 @@ class Params:
             raise ValueError("relative_amplitude must be in (0, 1]")
         if self.min_amplitude <= 0:
             raise ValueError("min_amplitude must be positive")
+        lo, hi = self.valid_range
+        if not -PLAUSIBLE_LIMIT <= lo < hi <= PLAUSIBLE_LIMIT:
+            raise ValueError(f"valid_range must be an interval within +-{PLAUSIBLE_LIMIT} (index units), got "
+                             f"{self.valid_range}")
 
 
 @dataclass(frozen=True)
@@ -195,14 +204,16 @@ def check_inputs(days: np.ndarray, values, clear) -> tuple[np.ndarray, np.ndarra
     return values, clear.astype(np.bool_, copy=False)
 
 
-def empty_result(n: int, year: int, n_clear: np.ndarray | None = None) -> PhenologyResult:
+def empty_result(n: int, year: int, n_clear: np.ndarray | None = None,
+                 stats: PhenologyStats | None = None) -> PhenologyResult:
     nan = np.full(n, np.nan, dtype=np.float32)
     return PhenologyResult(**{name: nan.copy() for name in FLOAT_FIELDS},
                            n_clear=np.zeros(n, np.int32) if n_clear is None else n_clear.astype(np.int32),
                            qa=np.full(n, QA_FEW_OBSERVATIONS, np.uint8), n_cycles=np.zeros(n, np.uint8),
-                           year=int(year))
+                           year=int(year), stats=stats)
 
 
-def pack(out: np.ndarray, n_clear: np.ndarray, qa: np.ndarray, n_cycles: np.ndarray, year: int) -> PhenologyResult:
+def pack(out: np.ndarray, n_clear: np.ndarray, qa: np.ndarray, n_cycles: np.ndarray, year: int,
+         stats: PhenologyStats | None = None) -> PhenologyResult:
     return PhenologyResult(**{name: out[i] for i, name in enumerate(FLOAT_FIELDS)}, n_clear=n_clear, qa=qa,
-                           n_cycles=n_cycles, year=int(year))
+                           n_cycles=n_cycles, year=int(year), stats=stats)

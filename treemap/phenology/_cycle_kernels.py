@@ -172,24 +172,28 @@ def _first_below(z, lo, hi, lim):  # pragma: no cover - compiled
 @njit(**_KERNEL)
 def _rise(z, k0, p, thr, xpk):  # pragma: no cover - compiled
     """First upward crossing of ``thr`` on nodes (k0, p] (linear between nodes) and the node before it; the peak
-    position if the curve never gets there."""
+    position if the curve never gets there. Never outside [k0, p]: a curve already at ``thr`` on node k0 crosses
+    there (no extrapolation before the range, e.g. the series start)."""
     zs = z[k0:p + 1]
     for i in range(1, zs.shape[0]):
         if zs[i] >= thr:
             k = k0 + i
-            return k - 1 + (thr - zs[i - 1]) / (zs[i] - zs[i - 1]), k - 1
+            a = zs[i - 1]
+            return k - 1 + ((thr - a) / (zs[i] - a) if a < thr else 0.0), k - 1
     return xpk, p
 
 
 @njit(**_KERNEL)
 def _fall(z, p, k0, thr, xpk):  # pragma: no cover - compiled
     """Last downward crossing of ``thr`` on nodes [p, k0) (linear between nodes) and the node after it; the peak
-    position if the curve never gets there."""
+    position if the curve never gets there. Never outside [p, k0]: a curve still at ``thr`` on node k0 crosses
+    there (no extrapolation past the range, e.g. the series end)."""
     zs = z[p:k0 + 1]
     for i in range(zs.shape[0] - 2, -1, -1):
         if zs[i] >= thr:
             k = p + i
-            return k + (zs[i] - thr) / (zs[i] - zs[i + 1]), k + 1
+            b = zs[i + 1]
+            return k + ((zs[i] - thr) / (zs[i] - b) if b < thr else 1.0), k + 1
     return xpk, p
 
 
@@ -420,8 +424,11 @@ def _analyse(z, kf, kl, zmin, zmax, bits, obs_day, day_obs, lane, gap_max, day_f
             continue
         n_cyc += 1
         p, tl, tr, xpk, zpk, bl, cl, br, cr = _sides(z, ext, n_ext, e, kf, kl, base_frac, True)
-        okl = tl > kf or cl >= min_floor
-        okr = tr < kl or cr >= min_floor
+        # a side at the series start or end needs a floor min_floor long; where the zig-zag confirmed no trough
+        # there (the peak is the first or last extreme), that floor must also lie min_amp below the peak (a
+        # plateau level with the top is no base: its thresholds would not be crossed inside the series)
+        okl = tl > kf or (cl >= min_floor and (e > 0 or zpk - bl >= min_amp))
+        okr = tr < kl or (cr >= min_floor and (e + 1 < n_ext or zpk - br >= min_amp))
         if okl and okr:
             amp = zpk - min(bl, br)
         elif okl:
@@ -462,6 +469,10 @@ def _analyse(z, kf, kl, zmin, zmax, bits, obs_day, day_obs, lane, gap_max, day_f
     top = b_zpk
     if peak_frac > 0.0:
         top = _top(z, tl, tr, z[p] - peak_frac * (z[p] - mn))
+    # a side whose base is not below the peak level has no thresholds to cross (a plateau at a series end with a
+    # large peak_fraction): it is not resolved
+    b_okl = b_okl and top > b_bl
+    b_okr = b_okr and top > b_br
     # the peak date: the centre of the top, midway between the curve's upward and downward crossings of a level just
     # under the maximum (the maximum alone wanders along a flat top with the noise)
     centre_lim = z[p] - PEAK_CENTRE_FRACTION * (z[p] - mn)

@@ -232,7 +232,7 @@ def _rise(z, kk, k0, p, thr, xpk):
     km = np.maximum(k - 1, 0)
     zk, zm = _take(z, k), _take(z, km)
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = km + (thr - zm) / (zk - zm)
+        x = km + np.where(zm < thr, (thr - zm) / (zk - zm), 0.0)  # no extrapolation before k0
     return np.where(found, x, xpk), np.where(found, km, p)
 
 
@@ -243,7 +243,7 @@ def _fall(z, kk, p, k0, thr, xpk):
     kp = np.minimum(k + 1, z.shape[0] - 1)
     zk, zp = _take(z, k), _take(z, kp)
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = k + (zk - thr) / (zk - zp)
+        x = k + np.where(zp < thr, (zk - thr) / (zk - zp), 1.0)  # no extrapolation past k0
     return np.where(found, x, xpk), np.where(found, kp, p)
 
 
@@ -404,8 +404,9 @@ def _analyse(z32, kf, kl, w0, grid, params):
             continue
         n_cyc += cand
         p, tl, tr, xpk, zpk, bl, cl, br, cr = _sides(z, kk, ext, n_ext, e, kf, kl, bf)
-        okl = (tl > kf) | (cl >= min_floor)
-        okr = (tr < kl) | (cr >= min_floor)
+        # a floor at a series end without a confirmed trough must lie min_amplitude below the peak (see the kernel)
+        okl = (tl > kf) | ((cl >= min_floor) & ((e > 0) | (zpk - bl >= params.min_amplitude)))
+        okr = (tr < kl) | ((cr >= min_floor) & ((e + 1 < n_ext) | (zpk - br >= params.min_amplitude)))
         amp = np.where(okl & okr, zpk - np.minimum(bl, br), np.where(okl, zpk - bl, np.where(okr, zpk - br, -0.5)))
         upd = cand & (amp > best_amp)
         best = np.where(upd, e, best)
@@ -446,6 +447,8 @@ def _chosen(z, kk, ext, n_ext, e, kf, kl, xpk, zpk, bl, br, okl, okr, w0, grid, 
     zp = _take(z, p)
     if pf > 0.0:
         top = _top(z, kk, tl, tr, zp - pf * (zp - mn))
+    okl = okl & (top > bl)  # a side whose base is not below the peak level is not resolved (see the kernel)
+    okr = okr & (top > br)
     centre_lim = zp - K.PEAK_CENTRE_FRACTION * (zp - mn)
     x_up, _k = _rise(z, kk, tl, p, centre_lim, xpk)
     x_down, _k = _fall(z, kk, p, tr, centre_lim, xpk)

@@ -18,6 +18,23 @@ the maximum. ``next_greenup``: the following cycle's greenup, its peak taken as 
 series ends before it. :func:`treemap.phenology.phenology_metrics` reports the cycle whose peak falls in the year, so
 the two are the same cycle only where the parameters keep the middle cycle's peak (and no other) well inside the
 year; check ``truth["peak"]`` when shifting the cycles.
+
+**Snow variant** (``snow_fraction`` > 0): a share ``snow_fraction`` of the clear dormant-season observations (where the
+clean curve lies within :data:`WINTER_LEVEL` of the pixel's base) is replaced by snow, and a share ``snow_flagged`` of
+those is flagged not clear, as the scene classification's snow class (SCL 11) would; the others stay clear for the
+snow screen to find. The series then also carries the two bands the screen needs, ``green`` (B03 reflectance) and
+``ndsi``, for every observation, and ``snow`` marks the replaced ones. Snow-free observations: a per-pixel B03 (0.03 to
+0.08) and NDSI (-0.6 to -0.35, a canopy or soil: B11 well above B03), flat through the year, with 5 % noise on each
+band (a simplification: a canopy's B03 changes by about 0.01 through the year, below the screen's 0.03). A snowy
+observation mixes snow (B03 0.9, B11 0.08) into an area fraction ``a`` of the pixel (0.13 to 0.33: snow under a
+canopy, on the ground between the trees) and moves the index towards the index of snow (-0.1 to 0.05) with the
+weight ``3 a`` (0.4 to 1): snow is so bright in the red and NIR that it weighs far more in a ratio index than its
+area, as with NDVI, where 15 % snow cover takes a forest from 0.4 to about 0.17. Its B03 rises by 0.1 to 0.3 and its
+NDSI to about -0.2 to 0.55, so both tests of :mod:`treemap.phenology.snow` have cases. The snow draws come from a
+stream of their own: the values of the snow-free variant of the same seed are unchanged.
+
+:func:`sparse_clear`: a clear mask with 10-25 clear dates a year and gaps of one to three months (a cloudy
+temperate winter), for measuring the method on sparse years.
 """
 
 from __future__ import annotations
@@ -30,6 +47,13 @@ from numba import njit, prange
 from treemap.phenology._core import TRANSITIONS, jan1
 
 
+#: The dormant season of the snow variant: observations where the clean curve is within this of the pixel's base
+#: (index units; 10 % of the smallest amplitude).
+WINTER_LEVEL = 0.02
+#: Snow's B03 and B11 reflectance, and the range of its index, in the snow variant.
+SNOW_GREEN, SNOW_SWIR, SNOW_INDEX = 0.9, 0.08, (-0.1, 0.05)
+
+
 @dataclass(frozen=True)
 class SyntheticSeries:
     dates: np.ndarray  # (T,) datetime64[D]
@@ -38,6 +62,10 @@ class SyntheticSeries:
     truth: dict[str, np.ndarray]  # transition name -> (N,) float64 day of year of ``year``; plus "minimum",
     # "peak_value", "amplitude"
     year: int
+    # the snow variant only (None otherwise), all (T, N):
+    green: np.ndarray | None = None  # float32 B03 reflectance
+    ndsi: np.ndarray | None = None  # float32 NDSI
+    snow: np.ndarray | None = None  # bool: observations replaced by snow (the flagged ones are also not clear)
 
 
 def _logistic(x):
@@ -55,14 +83,18 @@ def _curve(t, base, cycles):
 def synthetic_series(n: int, *, year: int = 2021, seed: int = 0, cadence: int = 5, cloud_fraction: float = 0.4,
                      noise: float = 0.02, sos_range=(80.0, 160.0), length_range=(90.0, 190.0),
                      latest_eos: float = 330.0, width_range=(5.0, 15.0), base_range=(0.05, 0.2),
-                     amp_range=(0.2, 0.6), shift: float = 0.0) -> SyntheticSeries:
+                     amp_range=(0.2, 0.6), shift: float = 0.0, snow_fraction: float = 0.0,
+                     snow_flagged: float = 0.5) -> SyntheticSeries:
     """``n`` pixels of a synthetic EVI-like series for ``year`` with truth (see the module docstring).
 
     Timing per cycle: sos uniform in ``sos_range`` (day of its year), eos = sos + a length uniform in
     ``length_range``, capped at ``latest_eos``; widths (days) uniform in ``width_range``; amplitude uniform in
     ``amp_range``; one base per pixel. ``shift`` (days) moves every cycle, e.g. 182 for a southern-hemisphere
-    calendar whose cycles cross the new year.
+    calendar whose cycles cross the new year. ``snow_fraction`` > 0: the snow variant (module docstring), with a
+    share ``snow_flagged`` of the snowy observations flagged not clear.
     """
+    if not 0.0 <= snow_fraction <= 1.0 or not 0.0 <= snow_flagged <= 1.0:
+        raise ValueError("snow_fraction and snow_flagged must be in [0, 1]")
     rng = np.random.default_rng(seed)
     base = rng.uniform(*base_range, n)
     cycles = []
@@ -79,16 +111,74 @@ def synthetic_series(n: int, *, year: int = 2021, seed: int = 0, cadence: int = 
     clear = rng.random((len(days), n), dtype=np.float32) >= cloud_fraction
     cloudy_value = rng.uniform(-0.1, 0.1, (len(days), n)).astype(np.float32)
     values = np.empty((len(days), n), dtype=np.float32)
+    snowy = snow_fraction > 0
+    if snowy:
+        srng = np.random.default_rng([seed, 1])  # the snow's own stream: the snow-free draws stay as they were
+        green = np.empty((len(days), n), dtype=np.float32)
+        ndsi = np.empty((len(days), n), dtype=np.float32)
+        snow = np.zeros((len(days), n), dtype=bool)
+        clear = clear.copy()
     truth = {}
     for i0 in range(0, n, _CHUNK):
         sl = slice(i0, min(n, i0 + _CHUNK))
         part = [tuple(a[sl] for a in c) for c in cycles]
         clean = _curve(t, base[sl], part)
         values[:, sl] = np.where(clear[:, sl], clean + noise * noise_draw[:, sl], cloudy_value[:, sl])
+        if snowy:
+            _add_snow(srng, clean, base[sl], clear[:, sl], values[:, sl], green[:, sl], ndsi[:, sl], snow[:, sl],
+                      noise * noise_draw[:, sl], snow_fraction, snow_flagged)
         for k, v in _truth(base[sl], part, year, shift).items():
             truth.setdefault(k, []).append(v)
     truth = {k: np.concatenate(v) for k, v in truth.items()}
-    return SyntheticSeries(dates=days.astype("datetime64[D]"), values=values, clear=clear, truth=truth, year=year)
+    extra = dict(green=green, ndsi=ndsi, snow=snow) if snowy else {}
+    return SyntheticSeries(dates=days.astype("datetime64[D]"), values=values, clear=clear, truth=truth, year=year,
+                           **extra)
+
+
+def _add_snow(rng, clean, base, clear, values, green, ndsi, snow, noise, fraction, flagged):
+    """The snow variant on one chunk of pixels, in place (see the module docstring)."""
+    t, n = clean.shape
+    g0 = rng.uniform(0.03, 0.08, n)
+    nd0 = rng.uniform(-0.6, -0.35, n)
+    s0 = g0 * (1.0 - nd0) / (1.0 + nd0)  # the B11 of that NDSI
+    g = g0 * (1.0 + 0.05 * rng.standard_normal((t, n)))
+    sw = s0 * (1.0 + 0.05 * rng.standard_normal((t, n)))
+    hit = clear & (clean - base < WINTER_LEVEL) & (rng.random((t, n)) < fraction)
+    a = rng.uniform(0.4, 1.0, (t, n)) / 3.0  # snow cover fraction; its weight in the index is 3 a
+    v_snow = rng.uniform(*SNOW_INDEX, (t, n))
+    g = np.where(hit, (1.0 - a) * g + a * SNOW_GREEN, g)
+    sw = np.where(hit, (1.0 - a) * sw + a * SNOW_SWIR, sw)
+    values[:] = np.where(hit, (1.0 - 3.0 * a) * clean + 3.0 * a * v_snow + noise, values)
+    green[:] = g
+    ndsi[:] = (g - sw) / (g + sw)
+    snow[:] = hit
+    clear &= ~(hit & (rng.random((t, n)) < flagged))  # flagged as the scene classification's snow class would
+
+
+def sparse_clear(dates, year: int, n: int, *, seed: int = 0, per_year=(10, 25), gaps=(1, 3),
+                 gap_days=(30.0, 92.0)) -> np.ndarray:
+    """A (T, N) clear mask of sparse years: per pixel and calendar year, ``gaps`` (uniform count) gaps without a clear
+    observation, each uniform in ``gap_days`` long and starting anywhere from ``gap_days[1]`` days before the year
+    (so a winter gap can span the new year; gaps may overlap), and ``per_year`` (uniform count) clear dates drawn
+    at random among the dates outside the gaps (fewer in a year the series covers only in part: in proportion to
+    its dates, against a 5-day cadence). Combine with a series' own mask (``&``) or use it instead of it."""
+    rng = np.random.default_rng(seed)
+    days = (np.asarray(dates, dtype="datetime64[D]") - np.datetime64(f"{int(year):04d}-01-01", "D")).astype(np.int64)
+    clear = np.zeros((days.shape[0], n), dtype=bool)
+    ylab = np.floor_divide(days, 365)
+    for y in np.unique(ylab):
+        rows = np.flatnonzero(ylab == y)
+        d = days[rows].astype(np.float64)[:, None, None]
+        count = rng.integers(gaps[0], gaps[1] + 1, n)
+        start = rng.uniform(365.0 * y - gap_days[1], 365.0 * (y + 1), (gaps[1], n))
+        length = rng.uniform(gap_days[0], gap_days[1], (gaps[1], n))
+        used = np.arange(gaps[1])[:, None] < count[None, :]
+        in_gap = ((d >= start[None]) & (d < (start + length)[None]) & used[None]).any(axis=1)
+        keys = np.where(in_gap, 2.0, rng.random((rows.shape[0], n)))
+        rank = np.argsort(np.argsort(keys, axis=0, kind="stable"), axis=0, kind="stable")
+        k = np.rint(rng.integers(per_year[0], per_year[1] + 1, n) * min(1.0, rows.shape[0] / 73.0))
+        clear[rows] = (rank < k[None, :]) & ~in_gap
+    return clear
 
 
 _CHUNK = 65536

@@ -1,7 +1,9 @@
 """Phenology of a tile from its harmonised, cloud-masked reflectance cube, and phenology-based seasonal composites.
 
 The cube is the pipeline's: ``dates`` (T,), reflectance (T, 10, H, W) float32 in Sentinel-2 band order
-(:data:`BAND_ORDER`) with NaN where the observation is not clear.
+(:data:`BAND_ORDER`) with NaN where the observation is not clear (for phenology, snow-classified observations, SCL
+11, count as not clear). Observations with snow on the ground that the classification missed are screened out before
+the fit (:mod:`treemap.phenology.snow`), for EVI and NDVI alike.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from numba import njit, prange
 from treemap.phenology._core import PhenologyResult, jan1, to_days
 from treemap.phenology.indices import evi, ndvi
 from treemap.phenology.seasons import seasonal_windows
+from treemap.phenology.snow import SnowScreen, snow_mask
 
 #: Band order of the reflectance cubes taken here (Sentinel-2 order).
 BAND_ORDER: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -45,9 +48,21 @@ COMPOSITE_HALF_WIDTH = 15.0
 _CHUNK = 1 << 18  # pixels per call of the phenology kernel: bounds the (T, pixels) index array
 
 
-def vegetation_index(refl: np.ndarray, index: str = "evi") -> tuple[np.ndarray, np.ndarray]:
+def _screen_params(snow_screen: bool | SnowScreen) -> SnowScreen | None:
+    if isinstance(snow_screen, SnowScreen):
+        return snow_screen
+    return SnowScreen() if snow_screen else None
+
+
+def vegetation_index(refl: np.ndarray, index: str = "evi",
+                     snow_screen: bool | SnowScreen = False) -> tuple[np.ndarray, np.ndarray]:
     """The index of a reflectance block (T, 10, ...) in :data:`BAND_ORDER`: values (T, ...) float32 and the clear
-    mask (T, ...) bool (every band finite: the cube's NaN marks cloud, shadow and nodata)."""
+    mask (T, ...) bool (every band finite: the cube's NaN marks cloud, shadow and nodata).
+
+    ``snow_screen`` (``True`` or a :class:`~treemap.phenology.snow.SnowScreen`): the clear mask also leaves out the
+    observations the snow screen finds. Its second test compares each observation with the pixel's others, so give
+    the pixels' whole series (all dates), not a block of a few acquisitions.
+    """
     refl = np.asarray(refl)
     if refl.ndim < 2 or refl.shape[1] != len(BAND_ORDER):
         raise ValueError(f"reflectance must be (T, {len(BAND_ORDER)}, ...), got {refl.shape}")
@@ -57,7 +72,11 @@ def vegetation_index(refl: np.ndarray, index: str = "evi") -> tuple[np.ndarray, 
         vi = ndvi(refl[:, _RED], refl[:, _NIR])
     else:
         raise ValueError(f"unknown index {index!r} (evi, ndvi)")
-    return vi, np.isfinite(refl).all(axis=1)
+    clear = np.isfinite(refl).all(axis=1)
+    params = _screen_params(snow_screen)
+    if params is not None:
+        clear &= ~snow_mask(refl, vi, clear, params)
+    return vi, clear
 
 
 def metric_stack(result: PhenologyResult, shape: tuple[int, int]) -> np.ndarray:
@@ -76,16 +95,22 @@ class TilePhenology:
     descriptions: tuple[str, ...]
     result: PhenologyResult  # the full per-pixel result, flattened row-major (N = H * W)
     shape: tuple[int, int]
+    n_snow: int = 0  # clear observations the snow screen left out of the fit
 
 
-def tile_phenology(dates, refl: np.ndarray, year: int, *, index: str = "evi", **kwargs) -> TilePhenology:
+def tile_phenology(dates, refl: np.ndarray, year: int, *, index: str = "evi",
+                   snow_screen: bool | SnowScreen = True, **kwargs) -> TilePhenology:
     """Phenology metrics of every pixel of a reflectance cube.
 
     Args:
         dates: (T,) acquisition dates.
-        refl: (T, 10, H, W) float32 surface reflectance in :data:`BAND_ORDER`, NaN where not clear.
+        refl: (T, 10, H, W) float32 surface reflectance in :data:`BAND_ORDER`, NaN where not clear (snow-classified
+            observations included: SCL 11 does not count as clear for phenology).
         year: the year to report.
         index: ``"evi"`` (default) or ``"ndvi"``.
+        snow_screen: leave out the observations with snow on the ground that the cloud mask missed
+            (:mod:`treemap.phenology.snow`; ``True`` by default, or a :class:`~treemap.phenology.snow.SnowScreen`
+            with other thresholds; ``False`` for none). ``n_snow`` of the result counts them.
         **kwargs: passed to :func:`treemap.phenology.phenology_metrics`.
 
     Returns:
@@ -101,18 +126,28 @@ def tile_phenology(dates, refl: np.ndarray, year: int, *, index: str = "evi", **
     if index not in ("evi", "ndvi"):
         raise ValueError(f"unknown index {index!r} (evi, ndvi)")
     t, _, h, w = refl.shape
+    params = _screen_params(snow_screen)
     rows = max(1, _CHUNK // max(w, 1))
     parts = []
+    n_snow = 0
     for r0 in range(0, h, rows):
-        vi, clear = vegetation_index(refl[:, :, r0:r0 + rows], index)
+        block = refl[:, :, r0:r0 + rows]
+        vi, clear = vegetation_index(block, index)
+        if params is not None:  # whole series of these rows: the screen compares each pixel's observations
+            snow = snow_mask(block, vi, clear, params)
+            n_snow += int(snow.sum())
+            clear &= ~snow
         parts.append(phenology_metrics(dates, vi.reshape(t, -1), clear.reshape(t, -1), year, **kwargs))
     if parts:
+        from treemap.phenology.sanity import PhenologyStats
+
         res = PhenologyResult(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in parts[0].as_dict()},
-                              year=int(year))
+                              year=int(year), stats=PhenologyStats.combine(p.stats for p in parts))
     else:
         res = phenology_metrics(dates, np.empty((t, 0), np.float32), np.empty((t, 0), bool), year, **kwargs)
     data = metric_stack(res, (h, w))
-    return TilePhenology(data=data, names=METRIC_NAMES, descriptions=METRIC_DESCRIPTIONS, result=res, shape=(h, w))
+    return TilePhenology(data=data, names=METRIC_NAMES, descriptions=METRIC_DESCRIPTIONS, result=res, shape=(h, w),
+                         n_snow=n_snow)
 
 
 def seasonal_composites(dates, refl: np.ndarray, result, *, half_width: float = COMPOSITE_HALF_WIDTH) -> np.ndarray:
