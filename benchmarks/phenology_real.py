@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> dict:
     vi = ndvi(red, nir) if args.index == "ndvi" else evi(blue, red, nir)
     screened = 0
     if not args.no_snow_screen:
-        from treemap.phenology.snow import screen_series, SnowScreen  # noqa: F401
         from treemap.phenology.tile import BAND_ORDER, vegetation_index
 
         refl = np.full((vi.shape[0], len(BAND_ORDER)) + vi.shape[1:], np.nan, dtype=np.float32)
