@@ -77,6 +77,10 @@ class PhenologyResult:
         return PhenologyResult(**{k: v[index] for k, v in self.as_dict().items()}, year=self.year, stats=self.stats)
 
 
+#: Largest Whittaker lambda ((smoothing / step) ** 4) accepted: the float32 solver divides by zero at 8.1e5.
+MAX_LAMBDA = 1e5
+
+
 @dataclass(frozen=True)
 class Params:
     min_observations: int = 12
@@ -107,6 +111,10 @@ class Params:
             raise ValueError("relative_amplitude must be in (0, 1]")
         if self.min_amplitude <= 0:
             raise ValueError("min_amplitude must be positive")
+        if (self.smoothing / self.step) ** 4 > MAX_LAMBDA:
+            # the float32 banded solve loses every digit beyond this: the curve would collapse to zero
+            raise ValueError(f"smoothing {self.smoothing:g} days is too long for step {self.step:g}: keep "
+                             f"smoothing / step <= {MAX_LAMBDA ** 0.25:.0f}")
         lo, hi = self.valid_range
         if not -PLAUSIBLE_LIMIT <= lo < hi <= PLAUSIBLE_LIMIT:
             raise ValueError(f"valid_range must be an interval within +-{PLAUSIBLE_LIMIT} (index units), got "
