@@ -20,11 +20,22 @@ def evi(blue, red, nir) -> np.ndarray:
     return np.where(den != 0, out, np.float32(np.nan)).astype(np.float32, copy=False)
 
 
+def normalised_difference(a, b) -> np.ndarray:
+    """(a - b) / (a + b), float32; NaN where a + b is 0 or an input is NaN."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    den = a + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (a - b) / den
+    return np.where(den != 0, out, np.float32(np.nan)).astype(np.float32, copy=False)
+
+
 def ndvi(red, nir) -> np.ndarray:
     """Normalised Difference Vegetation Index, (NIR - Red) / (NIR + Red), float32; NaN where NIR + Red is 0."""
-    red = np.asarray(red, dtype=np.float32)
-    nir = np.asarray(nir, dtype=np.float32)
-    den = nir + red
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = (nir - red) / den
-    return np.where(den != 0, out, np.float32(np.nan)).astype(np.float32, copy=False)
+    return normalised_difference(nir, red)
+
+
+def ndsi(green, swir) -> np.ndarray:
+    """Normalised Difference Snow Index (B03 - B11) / (B03 + B11), float32; NaN where the sum is 0 or an input is
+    NaN."""
+    return normalised_difference(green, swir)

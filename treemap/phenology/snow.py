@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from treemap.phenology.indices import evi, ndvi
+from treemap.phenology.indices import evi, ndsi, ndvi
 
 #: Band order of the reflectance taken here (the tile's :data:`treemap.phenology.tile.BAND_ORDER`).
 _BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -90,17 +90,6 @@ class SnowScreen:
 
 
 DEFAULT = SnowScreen()
-
-
-def ndsi(green, swir) -> np.ndarray:
-    """Normalised Difference Snow Index (B03 - B11) / (B03 + B11), float32; NaN where the sum is 0 or an input is
-    NaN."""
-    green = np.asarray(green, dtype=np.float32)
-    swir = np.asarray(swir, dtype=np.float32)
-    den = green + swir
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = (green - swir) / den
-    return np.where(den != 0, out, np.float32(np.nan)).astype(np.float32, copy=False)
 
 
 def open_snow(green, snow_index, nir=None, params: SnowScreen = DEFAULT) -> np.ndarray:
