@@ -285,3 +285,27 @@ def test_a_smoothing_beyond_the_solver_is_refused():
     values = np.full((dates.size, 1), 0.5, np.float32)
     with pytest.raises(ValueError, match="too long for step"):
         phenology_metrics(dates, values, None, 2021, smoothing=30.0, step=1.0)
+
+
+# a case the property test found: a rising series cut two months in (every second day, a third cloudy), fitted with
+# little smoothing; the 90 % level is never reached on the nodes, so senescence fell back to the parabola's vertex,
+# after the 50 % crossing on the peak's segment (senescence > midgreendown before the fix)
+_CUT_RISE = [0.06696250, 0.07808019, 0.07774622, 0.07563547, 0.08195730, 0.08997858, 0.11971974, 0.09939933,
+             0.11589948, 0.12632139, 0.13920245, 0.14983319, 0.13837151, 0.13997248, 0.16324355, 0.18103021,
+             0.18165912, 0.18102880, 0.18008323, 0.19018239, 0.18844263, 0.20232528, 0.18915977, 0.20109488,
+             0.20101380, 0.20966864, 0.20836183, 0.23328485, 0.22424917, 0.22553623, 0.19132577]
+_CUT_RISE_CLEAR = [1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 0, 1, 1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_vertex_fallback_keeps_the_transitions_in_order(engine):
+    dates = np.datetime64("2020-12-29") + 2 * np.arange(len(_CUT_RISE)).astype("timedelta64[D]")
+    values = np.array(_CUT_RISE, np.float32)[:, None]
+    clear = np.array(_CUT_RISE_CLEAR, bool)[:, None]
+    opts = dict(min_observations=4, smoothing=1.0, step=5.0, robust_iterations=0, relative_amplitude=0.05,
+                min_amplitude=0.005, base_fraction=0.0, peak_fraction=0.0, min_floor_days=0.0, margin=0.0)
+    res = phenology_metrics(dates, values, clear, YEAR, engine=engine, **opts)
+    assert res.stats.n_guarded_pixels == 0, res.stats
+    assert res.qa[0] == QA_GOOD
+    right = [res.dormancy[0], res.midgreendown[0], res.senescence[0]]
+    assert np.all(np.isfinite(right)) and right[0] >= right[1] >= right[2] >= res.peak[0] >= res.maturity[0]

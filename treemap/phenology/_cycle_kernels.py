@@ -505,6 +505,16 @@ def _analyse(z, kf, kl, zmin, zmax, bits, obs_day, day_obs, lane, gap_max, day_f
         out[SENESCENCE] = doy_a + step * x
     else:
         qa = QA_PARTIAL
+    # each side in order: where a level is never reached on the nodes, its crossing falls back to the parabola's
+    # vertex, which may lie beyond the linear crossing of a lower level on the peak's segment; it is capped there
+    if out[MIDGREENUP] < out[GREENUP]:
+        out[MIDGREENUP] = out[GREENUP]
+    if out[MATURITY] < out[MIDGREENUP]:
+        out[MATURITY] = out[MIDGREENUP]
+    if out[MIDGREENDOWN] > out[DORMANCY]:
+        out[MIDGREENDOWN] = out[DORMANCY]
+    if out[SENESCENCE] > out[MIDGREENDOWN]:
+        out[SENESCENCE] = out[MIDGREENDOWN]
     # the centre of the top lies between maturity and senescence (NaN bounds do not count)
     if out[PEAK] < out[MATURITY]:
         out[PEAK] = out[MATURITY]

@@ -468,6 +468,11 @@ def _chosen(z, kk, ext, n_ext, e, kf, kl, xpk, zpk, bl, br, okl, okr, w0, grid, 
         out[row] = np.where(okr, doy_a + step * x, np.nan)
     qa = np.where(okl & okr, K.QA_GOOD, K.QA_PARTIAL).astype(np.uint8)
     with np.errstate(invalid="ignore"):
+        # each side in order (see the kernel): a vertex fallback is capped at the lower level's crossing
+        out[K.MIDGREENUP] = np.where(out[K.MIDGREENUP] < out[K.GREENUP], out[K.GREENUP], out[K.MIDGREENUP])
+        out[K.MATURITY] = np.where(out[K.MATURITY] < out[K.MIDGREENUP], out[K.MIDGREENUP], out[K.MATURITY])
+        out[K.MIDGREENDOWN] = np.where(out[K.MIDGREENDOWN] > out[K.DORMANCY], out[K.DORMANCY], out[K.MIDGREENDOWN])
+        out[K.SENESCENCE] = np.where(out[K.SENESCENCE] > out[K.MIDGREENDOWN], out[K.MIDGREENDOWN], out[K.SENESCENCE])
         out[K.PEAK] = np.where(out[K.PEAK] < out[K.MATURITY], out[K.MATURITY], out[K.PEAK])
         out[K.PEAK] = np.where(out[K.PEAK] > out[K.SENESCENCE], out[K.SENESCENCE], out[K.PEAK])
     out[K.SEASON_LENGTH] = out[K.DORMANCY] - out[K.GREENUP]
