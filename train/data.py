@@ -123,13 +123,14 @@ class StreamBatches(torch.utils.data.IterableDataset):
     def __init__(self, shards, streams: Sequence[int], n_streams: int, per_stream: int, *, seed: int,
                  shuffle_buffer: int, species_filter: SpeciesFilter = SpeciesFilter(),
                  positions: dict[int, tuple[int, int]] | None = None, month_dropout: float = 0.0,
-                 start_step: int = 0):
+                 start_step: int = 0, aux_dropout: float = 0.0):
         super().__init__()
         self.shards = [Path(s) for s in shards]
         self.streams, self.n_streams, self.per_stream = list(streams), n_streams, per_stream
         self.seed, self.shuffle_buffer, self.filter = seed, shuffle_buffer, species_filter
         self.positions = dict(positions or {})
         self.month_dropout, self.start_step = month_dropout, start_step
+        self.aux_dropout = aux_dropout
 
     def owned(self) -> list[int]:
         info = torch.utils.data.get_worker_info()
@@ -149,6 +150,8 @@ class StreamBatches(torch.utils.data.IterableDataset):
                 part = collate([next(gens[s]) for _ in range(self.per_stream)])
                 if self.month_dropout > 0:
                     part["images"] = drop_months(part["images"], self.month_dropout, seed=(self.seed, step, s))
+                if self.aux_dropout > 0:
+                    part["aux"] = drop_aux(part["aux"], self.aux_dropout, seed=(self.seed, step, s, "aux"))
                 parts.append(part)
             batch = {
                 "images": torch.cat([p["images"] for p in parts]),
@@ -174,6 +177,19 @@ def drop_months(images: torch.Tensor, rate: float, seed) -> torch.Tensor:
     out = images.clone()
     out[drop] = float("nan")
     return out
+
+
+#: Auxiliary variables :func:`drop_aux` never drops: longitude and latitude (always known for a pixel).
+KEEP_AUX = 2
+
+
+def drop_aux(aux: torch.Tensor, rate: float, seed) -> torch.Tensor:
+    """Augmentation: mark each present auxiliary variable of each sample missing (NaN) with probability ``rate``,
+    apart from the first :data:`KEEP_AUX` (longitude, latitude); the draw depends only on ``seed``."""
+    g = torch.Generator().manual_seed(hash_seed(seed))
+    drop = torch.rand(aux.shape, generator=g) < rate
+    drop[:, :KEEP_AUX] = False
+    return aux.masked_fill(drop, float("nan"))
 
 
 def hash_seed(obj) -> int:

@@ -1,6 +1,6 @@
 """Rebuild the shipped demo models from the offline demo world, reproducibly.
 
-    python -m train.demo_model [--work out/demo-model] [--n-points 4000] [--threads 1]
+    python -m train.demo_model [--work out/demo-model] [--n-points 4000] [--threads 1] [--aux]
     treemap train demo-model ...  (the same program)
 
 1. The default demo world (``treemap.demo.ensure_demo_world()``, seed 0).
@@ -11,6 +11,15 @@
    * all ten species -> ``treemap/data/models/demo-tiny.safetensors`` (the demo model);
    * without :data:`HELD_OUT` -> ``treemap/data/models/demo-tiny-heldout.safetensors``, whose predictions for the
      held-out species are zero-shot (``benchmarks/demo_accuracy.py`` scores them).
+
+With ``--aux`` the same points are extracted again, now with the world's auxiliary layers (``aux.yaml`` of the
+demo world, :mod:`treemap.demo.auxlayers`: DEM, soil water, four WorldClim-like BIO layers) through an extraction
+recipe's ``auxiliary:`` section (written to ``WORK/extract-aux.yaml``), and the same recipe trains one ten-species
+model on them -> ``treemap/data/models/demo-tiny-aux.safetensors`` (map with it with ``--aux <world>/aux.yaml``).
+Only the auxiliary inputs differ from ``demo-tiny``: same points, recipe, seed and steps. Its card's ``aux_min`` /
+``aux_max`` are the min/max of each variable over the training shards (the recipe's normalisation step; longitude
+and latitude stay pinned to the globe), so the layers' values span [-1, 1]; ``benchmarks/aux_accuracy.py``
+compares the two models on a world of another seed.
 
 Why those two: every demo species is alone in its genus, so "genus level" cannot credit a near miss for them; each
 held-out species shares its family with one trained species (Carpinus with Betula, Larix with Pinus), so the
@@ -41,7 +50,11 @@ RECIPE = REPO / "recipes" / "pretrain-tiny-demo.yaml"
 MODELS = REPO / "treemap" / "data" / "models"
 MODEL = MODELS / "demo-tiny.safetensors"
 HELDOUT_MODEL = MODELS / "demo-tiny-heldout.safetensors"
+AUX_MODEL = MODELS / "demo-tiny-aux.safetensors"
 HELD_OUT = ("Carpinus betulus", "Larix decidua")
+#: ``train.aux_dropout`` of the aux model: each layer variable is hidden from half the samples, so the model cannot
+#: lean on layers alone that, over one 6 km world, name the stands of that world rather than the habitats.
+AUX_DROPOUT = 0.5
 
 log = logging.getLogger("train.demo_model")
 
@@ -73,27 +86,63 @@ def sample_points(world, n: int, seed: int, out: Path) -> Path:
     return out
 
 
-def build(work: Path, points: int = 4000, seed: int = 0, ship: bool = True, steps: int | None = None) -> dict:
+def aux_recipe(world, work: Path, shard_size: int = 500) -> Path:
+    """An extraction recipe whose ``auxiliary:`` section is the world's layer set (absolute paths)."""
+    import yaml
+
+    from treemap.auxiliary import read_layer_set
+
+    layers = read_layer_set(world.aux_layers)
+    doc = {"shard_size": shard_size,
+           "auxiliary": {layer.variable: {"path": layer.path, "band": layer.band, "scale": layer.scale,
+                                          "offset": layer.offset, "units": layer.units} for layer in layers.layers}}
+    path = work / "extract-aux.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# the auxiliary layers of the demo world {world.root}\n" + yaml.safe_dump(doc, sort_keys=False),
+                    encoding="utf-8")
+    return path
+
+
+def build(work: Path, points: int = 4000, seed: int = 0, ship: bool = True, steps: int | None = None,
+          aux: bool = False) -> dict:
     from train.geotreeclip import run
     from train.recipe import load_recipe
     from treemap.demo import ensure_demo_world
     from treemap.extract import ExtractOptions, extract_points
+    from treemap.extract_options import load_recipe as load_extract_recipe
 
     t0 = time.perf_counter()
     world = ensure_demo_world()
     csv_path = sample_points(world, points, seed, work / "points.csv")
-    extract_points(csv_path, work / "shards", world.catalog, options=ExtractOptions(shard_size=500))
+    if aux:
+        shards = work / "shards-aux"
+        options = load_extract_recipe(aux_recipe(world, work))
+        variants = (("aux", [], AUX_MODEL),)
+    else:
+        shards = work / "shards"
+        options = ExtractOptions(shard_size=500)
+        variants = (("all", [], MODEL), ("heldout", list(HELD_OUT), HELDOUT_MODEL))
+    extract_points(csv_path, shards, world.catalog, options=options)
     t_extract = time.perf_counter() - t0
     summary = {"points": points, "extract_s": round(t_extract, 1)}
-    for name, exclude, target in (("all", [], MODEL), ("heldout", list(HELD_OUT), HELDOUT_MODEL)):
-        overrides = {"data.shards": [str((work / "shards").absolute())],
+    if aux:
+        summary["auxiliary"] = sorted(options.auxiliary)
+    for name, exclude, target in variants:
+        overrides = {"data.shards": [str(shards.absolute())],
                      "output.dir": str((work / f"tiny-{name}").absolute()),
                      "data.exclude_species": exclude}
+        if aux:
+            overrides["train.aux_dropout"] = AUX_DROPOUT
         if steps is not None:
             overrides.update({"train.steps": steps, "train.epochs": None})
         if exclude:
             overrides["output.notes"] = ("Demo model with " + " and ".join(exclude) + " held out of training "
                                          "(zero-shot for them).")
+        elif aux:
+            overrides["output.notes"] = ("Demo model with auxiliary layers: tiny GeoTreeCLIP trained on the offline "
+                                         "demo world (seed 0) with its aux.yaml layers (elevation, derived slope and "
+                                         "aspect, soil_moisture_0_5cm, bio01, bio05, bio06, bio12); map with "
+                                         "--aux <world>/aux.yaml.")
         else:
             overrides["output.notes"] = "Demo model: tiny GeoTreeCLIP trained on the offline demo world (seed 0)."
         recipe = load_recipe(RECIPE, overrides)
@@ -133,6 +182,9 @@ def build_parser(prog: str = "python -m train.demo_model") -> argparse.ArgumentP
     parser.add_argument("--steps", type=int, help="override the recipe's length (quick trials)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--no-ship", action="store_true", help="train only; leave treemap/data/models alone")
+    parser.add_argument("--aux", action="store_true",
+                        help="train the model with the world's auxiliary layers instead (demo-tiny-aux.safetensors); "
+                             "the other two models are left alone")
     return parser
 
 
@@ -143,7 +195,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    summary = build(args.work, args.n_points, args.seed, ship=not args.no_ship, steps=args.steps)
+    summary = build(args.work, args.n_points, args.seed, ship=not args.no_ship, steps=args.steps, aux=args.aux)
     print(json.dumps(summary))
     return 0
 

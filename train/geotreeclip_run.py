@@ -114,7 +114,7 @@ def run(recipe: Recipe, *, resume: bool = True, stop_after: int | None = None, d
     dataset = StreamBatches(shards, mine, d.streams, per_stream, seed=recipe.model.seed,
                             shuffle_buffer=d.shuffle_buffer, species_filter=species_filter,
                             positions={s: positions.get(s, (0, 0)) for s in mine}, month_dropout=t.month_dropout,
-                            start_step=micro)
+                            start_step=micro, aux_dropout=t.aux_dropout)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
                                          persistent_workers=False, prefetch_factor=2 if workers else None)
     batches = iter(loader)

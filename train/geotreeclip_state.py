@@ -102,9 +102,11 @@ def _tuples(x):
 def _compat(recipe: Recipe) -> dict:
     """The recipe fields a checkpoint must agree with to be resumed."""
     r = recipe.to_json()
+    keys = ("batch_size", "accumulation", "positives", "temperature", "month_dropout")
+    if r["train"].get("aux_dropout"):  # only when used: checkpoints from before the option still resume
+        keys += ("aux_dropout",)
     return {"model": r["model"], "data": {k: v for k, v in r["data"].items() if k != "workers"},
-            "train": {k: r["train"][k] for k in ("batch_size", "accumulation", "positives", "temperature",
-                                                 "month_dropout")}}
+            "train": {k: r["train"][k] for k in keys}}
 
 
 def checkpoint_dir(out: Path) -> Path:

@@ -10,7 +10,7 @@ Sections (every key optional except ``data.shards``)::
     train:   {epochs: 25 | steps: 1000, batch_size: 256, accumulation: 1, lr: 1e-4, min_lr_ratio: 0.01,
               weight_decay: 0.01, warmup_steps: 100 | warmup_fraction: 0.05, temperature: 0.07,
               positives: sample|label, grad_clip: 1.0, precision: auto|fp32|bf16,
-              checkpoint_every: 500, keep_checkpoints: 2, log_every: 10, month_dropout: 0.0}
+              checkpoint_every: 500, keep_checkpoints: 2, log_every: 10, month_dropout: 0.0, aux_dropout: 0.0}
     output:  {dir: runs/NAME, model: model.safetensors, dtype: float32|float16, notes: "...",
               species_lists: [...]}
 
@@ -82,6 +82,9 @@ class TrainSection:
     keep_checkpoints: Count = 2
     log_every: Count = 10
     month_dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    # each present auxiliary variable but longitude and latitude is marked missing with this probability, per
+    # sample: the model learns to map without any one of them (a layer set may lack it) and cannot lean on them alone
+    aux_dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ def test_info_nce_is_symmetric_and_minimal_when_aligned():
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(synthetic_shards, tmp_path):
-    config = tiny_recipe(synthetic_shards, tmp_path / "whole", steps=9, checkpoint_every=3, month_dropout=0.2)
+    config = tiny_recipe(synthetic_shards, tmp_path / "whole", steps=9, checkpoint_every=3, month_dropout=0.2,
+                         aux_dropout=0.3)
     run(recipe_from_dict(config))
     config["output"]["dir"] = str(tmp_path / "killed")
     with pytest.raises(TrainingInterrupted):
@@ -127,3 +128,18 @@ def test_recipes_in_the_repository_are_valid():
         assert recipe.data.streams >= 1
     paper = load_recipe(REPO / "recipes" / "pretrain-geotreeclip-6m.yaml")
     assert paper.model.size == "full" and paper.train.epochs == 25 and paper.train.temperature == 0.07
+
+
+def test_aux_dropout_hides_layers_but_never_the_position():
+    from train.data import drop_aux
+
+    aux = torch.arange(27, dtype=torch.float32).repeat(4000, 1)
+    aux[:, 20] = float("nan")  # a variable without a layer stays missing
+    out = drop_aux(aux, 0.3, seed=(0, 5, 1, "aux"))
+    assert torch.equal(out[:, :2], aux[:, :2])  # longitude and latitude are always given
+    hidden = torch.isnan(out[:, 2:]) & ~torch.isnan(aux[:, 2:])
+    assert abs(hidden.float().mean().item() - 0.3 * 24 / 25) < 0.01
+    kept = ~torch.isnan(out)
+    assert torch.equal(out[kept], aux[kept])  # what is not hidden is untouched
+    assert torch.equal(torch.isnan(drop_aux(aux, 0.3, seed=(0, 5, 1, "aux"))), torch.isnan(out))  # repeatable
+    assert not torch.equal(torch.isnan(drop_aux(aux, 0.3, seed=(0, 6, 1, "aux"))), torch.isnan(out))

@@ -12,6 +12,10 @@ the user cache (``$TREEMAP_CACHE`` or ``platformdirs.user_cache_dir("treemap")``
     truth/classes.json                  code -> name, kind, taxonomy
     truth/landcover.tif                 the truth in ESA WorldCover codes (10 trees, 30 grassland, 40 cropland,
                                         50 built-up, 80 water; 0 outside): a land-cover raster for --mask
+    aux/*.tif                           auxiliary layers (treemap.demo.auxlayers): a 1 arc-second DEM, WorldClim-1-
+                                        like BIO01/05/06/12 at 30 arc-seconds (EPSG:4326), SoilGrids-like wv0033
+                                        0-5 cm at 250 m (Homolosine), related to where each species grows
+    aux.yaml                            their layer set, for predict --aux and an extraction recipe's auxiliary:
     world.json                          generator version and spec (written last: its presence = complete)
 """
 

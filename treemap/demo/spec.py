@@ -79,6 +79,7 @@ class DemoWorld:
     truth_phenology: Path  # root/truth/phenology.tif
     classes: Path  # root/truth/classes.json
     landcover: Path | None = None  # root/truth/landcover.tif: the truth in ESA WorldCover codes (for --mask)
+    aux_layers: Path | None = None  # root/aux.yaml: layer set of the auxiliary layers under root/aux (for --aux)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from treemap.demo import stac
+from treemap.demo.auxlayers import LAYER_SET, write_aux_layers
 from treemap.demo.classes import WATER, class_table, classes_json, worldcover_codes
 from treemap.demo.clouds import CLOUD_SHAPE, CloudModel
 from treemap.demo.layout import STREAM_DATE, Fields, build_fields, build_layout, stream, surface
@@ -197,6 +198,7 @@ def _generate(root: Path, spec: WorldSpec) -> None:
     write_cog(truth / "phenology.tif", pheno.reshape(7, h, w), grid, r.crs, NODATA, categorical=True,
               descriptions=METRICS)
     stac.dump(truth / "classes.json", classes_json(r.table))
+    write_aux_layers(root, spec, r.layout.codes)
 
     for doc in items:
         stac.dump(root / "items" / f"{doc['id']}.json", doc)
@@ -247,12 +249,24 @@ def _landcover(path: Path, spec: WorldSpec) -> Path:
     return target
 
 
+def _aux_layers(path: Path, spec: WorldSpec) -> Path:
+    """``aux.yaml`` (and ``aux/``) of the world at ``path``; a world built before they existed gets them from its
+    truth and seed (:mod:`treemap.demo.auxlayers`: the same files a fresh build writes)."""
+    target = path / LAYER_SET
+    if not target.exists():
+        with rasterio.open(path / "truth" / "species.tif") as ds:
+            codes = ds.read(1)
+        write_aux_layers(path, spec, codes)
+    return target
+
+
 def _world(path: Path, spec: WorldSpec) -> DemoWorld:
     return DemoWorld(root=path, catalog=path / "catalog.json", spec=spec,
                      truth_species=path / "truth" / "species.tif",
                      truth_phenology=path / "truth" / "phenology.tif",
                      classes=path / "truth" / "classes.json",
-                     landcover=_landcover(path, spec))
+                     landcover=_landcover(path, spec),
+                     aux_layers=_aux_layers(path, spec))
 
 
 def build_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> DemoWorld:
