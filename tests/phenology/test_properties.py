@@ -309,3 +309,23 @@ def test_vertex_fallback_keeps_the_transitions_in_order(engine):
     assert res.qa[0] == QA_GOOD
     right = [res.dormancy[0], res.midgreendown[0], res.senescence[0]]
     assert np.all(np.isfinite(right)) and right[0] >= right[1] >= right[2] >= res.peak[0] >= res.maturity[0]
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_a_cut_within_one_node_keeps_maturity_before_senescence(engine):
+    """Found by a random search (tests/data/phenology/vertex-crossing.npz: a harvest-like series, 8-day nodes, little
+    smoothing): the green-down falls within one node of the peak, before the parabola's vertex, while maturity's
+    linear crossing lies after it; maturity > senescence made the guard clear both sides (QA 3) before the fix."""
+    import json
+    from pathlib import Path
+
+    z = np.load(Path(__file__).parents[1] / "data" / "phenology" / "vertex-crossing.npz")
+    dates = np.datetime64(str(z["start"])) + z["days"].astype("timedelta64[D]")
+    res = phenology_metrics(dates, z["values"][:, None], z["clear"][:, None], YEAR, engine=engine,
+                            **json.loads(str(z["opts"])))
+    assert res.stats.n_guarded_pixels == 0, res.stats
+    assert res.qa[0] == QA_GOOD
+    seq = [res.greenup[0], res.midgreenup[0], res.maturity[0], res.senescence[0], res.midgreendown[0],
+           res.dormancy[0]]
+    assert np.all(np.isfinite(seq)) and np.all(np.diff(seq) >= 0)
+    assert res.maturity[0] <= res.peak[0] <= res.senescence[0]

@@ -515,6 +515,17 @@ def _analyse(z, kf, kl, zmin, zmax, bits, obs_day, day_obs, lane, gap_max, day_f
         out[MIDGREENDOWN] = out[DORMANCY]
     if out[SENESCENCE] > out[MIDGREENDOWN]:
         out[SENESCENCE] = out[MIDGREENDOWN]
+    # the two sides meet at the vertex: a linear crossing on the peak's own segments can land past it (the vertex
+    # lies up to half a node from the peak node), and where that crosses maturity over senescence, both are moved
+    # to the vertex
+    if out[MATURITY] > out[SENESCENCE]:
+        vertex = doy_a + step * b_xpk
+        for r in (GREENUP, MIDGREENUP, MATURITY):
+            if out[r] > vertex:
+                out[r] = vertex
+        for r in (SENESCENCE, MIDGREENDOWN, DORMANCY):
+            if out[r] < vertex:
+                out[r] = vertex
     # the centre of the top lies between maturity and senescence (NaN bounds do not count)
     if out[PEAK] < out[MATURITY]:
         out[PEAK] = out[MATURITY]

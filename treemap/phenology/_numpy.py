@@ -473,6 +473,12 @@ def _chosen(z, kk, ext, n_ext, e, kf, kl, xpk, zpk, bl, br, okl, okr, w0, grid, 
         out[K.MATURITY] = np.where(out[K.MATURITY] < out[K.MIDGREENUP], out[K.MIDGREENUP], out[K.MATURITY])
         out[K.MIDGREENDOWN] = np.where(out[K.MIDGREENDOWN] > out[K.DORMANCY], out[K.DORMANCY], out[K.MIDGREENDOWN])
         out[K.SENESCENCE] = np.where(out[K.SENESCENCE] > out[K.MIDGREENDOWN], out[K.MIDGREENDOWN], out[K.SENESCENCE])
+        crossed = out[K.MATURITY] > out[K.SENESCENCE]  # both sides moved to the vertex (see the kernel)
+        vertex = doy_a + step * xpk
+        for row in (K.GREENUP, K.MIDGREENUP, K.MATURITY):
+            out[row] = np.where(crossed & (out[row] > vertex), vertex, out[row])
+        for row in (K.SENESCENCE, K.MIDGREENDOWN, K.DORMANCY):
+            out[row] = np.where(crossed & (out[row] < vertex), vertex, out[row])
         out[K.PEAK] = np.where(out[K.PEAK] < out[K.MATURITY], out[K.MATURITY], out[K.PEAK])
         out[K.PEAK] = np.where(out[K.PEAK] > out[K.SENESCENCE], out[K.SENESCENCE], out[K.PEAK])
     out[K.SEASON_LENGTH] = out[K.DORMANCY] - out[K.GREENUP]
