@@ -120,6 +120,52 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
 
 
 @cli.command()
+@click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path), help=AOI_HELP)
+@click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
+              help=OUT_FOLDER_HELP)
+@click.option("--catalog", default="earth-search", show_default=True, help=CATALOG_HELP)
+@window_options
+@click.option("--max-cloud", default=100.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Skip scenes with more cloud cover (percent); pixels are masked with SCL anyway.")
+@click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
+              help="Tile edge in 10 m pixels.")
+@click.option("--encoder", type=click.Choice(["geotreeclip"]), default="geotreeclip", show_default=True,
+              help="Which encoder's embeddings: the GeoTreeCLIP location embedding per 10 m pixel.")
+@click.option("--model", help=f"The model: {MODEL_HELP}; default 'demo' for --catalog demo.")
+@click.option("--pca", default=0, show_default=True, type=click.IntRange(0),
+              help="Write K principal components instead of the whole embedding; the projection is saved as "
+                   "embedding_pca.safetensors beside the map.")
+@click.option("--pca-from", type=click.Path(path_type=Path), metavar="FILE",
+              help="Apply a saved projection (embedding_pca.safetensors of an earlier run), so maps share axes.")
+@click.option("--float32", "float32", is_flag=True, help="float32 bands (NaN nodata) instead of scaled int16.")
+@click.option("--aux", "aux", type=click.Path(path_type=Path), metavar="LAYERS.yaml",
+              help="Auxiliary layers (elevation, climate, soil) the model takes; see the README.")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1),
+              help="Pixels per encoder batch.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
+@max_unreadable_option
+@cluster_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product path.")
+def embed(aoi, out, catalog, start, end, year, max_cloud, tile_size, encoder, model, pca, pca_from, float32, aux,
+          batch_size, device, keep_work, max_unreadable, workers, scheduler, as_json):
+    """Map the encoder's per-pixel embeddings (embedding.tif); prints the path of the COG written."""
+    from treemap.embed import EmbedRequest, embed as run_embed
+
+    start, end = year_window(year, start, end)
+    layers = None
+    if aux is not None:
+        from treemap.auxiliary import read_layer_set
+
+        layers = read_layer_set(aux)
+    result = run_embed(EmbedRequest(
+        aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
+        model=model, batch_size=batch_size, device=device, pca=pca, pca_from=pca_from, float32=float32, aux=layers,
+        keep_work=keep_work, scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
+    print_products(result, as_json)
+
+
+@cli.command()
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="World seed (layout, clouds, phenology): 0 to 4294967295.")
 @click.option("--out", "out", type=click.Path(path_type=Path),

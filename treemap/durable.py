@@ -263,7 +263,8 @@ def verify_raster(path: Path, final: Path, expected: np.ndarray | None = None) -
         with gdal_errors(final):
             with rasterio.open(path) as ds:
                 if expected is not None:
-                    if not np.array_equal(ds.read(), expected):
+                    floats = np.issubdtype(expected.dtype, np.floating)
+                    if not np.array_equal(ds.read(), expected, equal_nan=floats):
                         raise WriteError(f"cannot write {final}: the file read back differs from what was written")
                     return
                 _read_edges(ds)

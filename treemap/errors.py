@@ -113,11 +113,20 @@ class SecoDataError(TreemapError, ValueError):
     """Seasonal composites or patches that SeCo-Eco pretraining cannot use."""
 
 
+class ProjectionError(TreemapError, ValueError):
+    """A PCA projection file (``treemap embed --pca-from``) that cannot be used: damaged, of another format, or
+    fitted on another model's embeddings; or a ``--pca`` that cannot be fitted."""
+
+
+class ProjectionNotFoundError(ProjectionError, FileNotFoundError):
+    pass
+
+
 #: The FileNotFoundError flavour of each input error (see :func:`missing_file_error`).
 _NOT_FOUND: dict[type, type] = {
     AOIError: AOINotFoundError, CatalogError: CatalogNotFoundError, ModelError: ModelNotFoundError,
     SpeciesListError: SpeciesListNotFoundError, PointsError: PointsNotFoundError, RecipeError: RecipeNotFoundError,
-    MaskError: MaskNotFoundError, AuxError: AuxNotFoundError,
+    MaskError: MaskNotFoundError, AuxError: AuxNotFoundError, ProjectionError: ProjectionNotFoundError,
 }
 
 

@@ -108,22 +108,18 @@ def text_features(model, species: SpeciesList, model_key: str | None = None,
     return text
 
 
-class SpeciesPredictor:
-    """Species probabilities for pixel patches with a GeoTreeCLIP model: zero-shot over a species list (text
-    features), or with a few-shot head (:mod:`treemap.heads`), which then sets the species."""
+class PixelEncoder:
+    """Per-pixel location embeddings of a GeoTreeCLIP model: batching, device placement, and a tile's pixels in
+    row blocks (:meth:`embed_tile`). :class:`SpeciesPredictor` adds the species head on top."""
 
-    def __init__(self, model, species: SpeciesList, spec: InferenceSpec = InferenceSpec(),
-                 model_key: str | None = None, cache_dir: Path | None = None, head=None):
+    def __init__(self, model, spec: InferenceSpec = InferenceSpec()):
         self.device = spec.resolve_device()
         self.batch_size = spec.batch_size
         self.model = model.to(self.device).eval()
-        self.head = head
-        if head is not None:
-            self.species = head.species
-            self.text = None
-        else:
-            self.species = species
-            self.text = text_features(self.model, species, model_key, cache_dir).to(self.device)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.embed_dim)
 
     def _to_device(self, array: np.ndarray, slot: int) -> torch.Tensor:
         """A batch on the device. On CUDA it goes through a reused page-locked (pinned) host buffer, so the copy is
@@ -144,32 +140,30 @@ class SpeciesPredictor:
         staged.copy_(host)
         return staged.to(self.device, non_blocking=True)
 
-    def predict(self, patches: np.ndarray, aux: np.ndarray) -> np.ndarray:
-        """Probabilities (N, S) float32 for patches (N, 12, 10, 5, 5) and aux (N, 27)."""
-        out = np.empty((patches.shape[0], len(self.species)), dtype=np.float32)
+    def _batched(self, patches: np.ndarray, aux: np.ndarray, width: int, head) -> np.ndarray:
+        """``head(embeddings)`` (B, width) for every batch of patches (N, 12, 10, 5, 5) and aux (N, 27)."""
+        out = np.empty((patches.shape[0], width), dtype=np.float32)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
             for start in range(0, patches.shape[0], self.batch_size):
                 stop = min(start + self.batch_size, patches.shape[0])
                 x = self._to_device(patches[start:stop], 0)
                 a = self._to_device(aux[start:stop], 1)
-                emb = self.model.encode_location(x, a)
-                probs = self.head.probabilities(emb) if self.head is not None else self.model.zero_shot(emb, self.text)
-                out[start:stop] = probs.float().cpu().numpy()
+                out[start:stop] = head(self.model.encode_location(x, a)).float().cpu().numpy()
         return out
 
-    def predict_tile(
-        self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray, rows_per_block: int = 64,
-        layers: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Probabilities (S, H, W) for a tile's core; NaN where ``valid`` is False or no month is present.
+    def embed(self, patches: np.ndarray, aux: np.ndarray) -> np.ndarray:
+        """L2-normalised location embeddings (N, D) float32: the vectors the zero-shot head compares with the
+        species' text features (computed in float32, also under autocast)."""
+        return self._batched(patches, aux, self.embed_dim,
+                             lambda emb: torch.nn.functional.normalize(emb.float(), dim=-1))
 
-        ``lonlat`` is (2, H, W) pixel-centre longitude/latitude; ``valid`` (H, W) marks pixels inside the AOI;
-        ``layers`` (25, H, W) the other auxiliary variables (:mod:`treemap.auxiliary`), NaN = missing; without
-        them only longitude and latitude are given.
-        """
+    def _per_pixel(self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray, width: int,
+                   fn, rows_per_block: int, layers: np.ndarray | None) -> np.ndarray:
+        """``fn(patches, aux)`` (N, width) for every pixel of a tile's core, as (width, H, W); NaN where ``valid`` is
+        False or no month is present."""
         h, w = valid.shape
-        probs = np.full((len(self.species), h, w), np.nan, dtype=np.float32)
+        result = np.full((width, h, w), np.nan, dtype=np.float32)
         for r0 in range(0, h, rows_per_block):
             r1 = min(r0 + rows_per_block, h)
             patches = pixel_patches(composites, halo, slice(r0, r1))
@@ -182,11 +176,52 @@ class SpeciesPredictor:
             aux[:, 1] = lonlat[1, r0:r1].reshape(-1)[keep]
             if layers is not None:
                 aux[:, 2:] = layers[:, r0:r1].reshape(layers.shape[0], -1)[:, keep].T
-            result = self.predict(np.ascontiguousarray(patches[keep]), aux)
-            flat = np.full((keep.size, len(self.species)), np.nan, dtype=np.float32)
-            flat[keep] = result
-            probs[:, r0:r1] = flat.T.reshape(len(self.species), r1 - r0, w)
-        return probs
+            values = fn(np.ascontiguousarray(patches[keep]), aux)
+            flat = np.full((keep.size, width), np.nan, dtype=np.float32)
+            flat[keep] = values
+            result[:, r0:r1] = flat.T.reshape(width, r1 - r0, w)
+        return result
+
+    def embed_tile(self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray,
+                   rows_per_block: int = 64, layers: np.ndarray | None = None) -> np.ndarray:
+        """L2-normalised embeddings (D, H, W) of a tile's core (arguments as :meth:`SpeciesPredictor.predict_tile`)."""
+        return self._per_pixel(composites, halo, lonlat, valid, self.embed_dim, self.embed, rows_per_block, layers)
+
+
+class SpeciesPredictor(PixelEncoder):
+    """Species probabilities for pixel patches with a GeoTreeCLIP model: zero-shot over a species list (text
+    features), or with a few-shot head (:mod:`treemap.heads`), which then sets the species."""
+
+    def __init__(self, model, species: SpeciesList, spec: InferenceSpec = InferenceSpec(),
+                 model_key: str | None = None, cache_dir: Path | None = None, head=None):
+        super().__init__(model, spec)
+        self.head = head
+        if head is not None:
+            self.species = head.species
+            self.text = None
+        else:
+            self.species = species
+            self.text = text_features(self.model, species, model_key, cache_dir).to(self.device)
+
+    def _probabilities(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.head.probabilities(emb) if self.head is not None else self.model.zero_shot(emb, self.text)
+
+    def predict(self, patches: np.ndarray, aux: np.ndarray) -> np.ndarray:
+        """Probabilities (N, S) float32 for patches (N, 12, 10, 5, 5) and aux (N, 27)."""
+        return self._batched(patches, aux, len(self.species), self._probabilities)
+
+    def predict_tile(
+        self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray, rows_per_block: int = 64,
+        layers: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Probabilities (S, H, W) for a tile's core; NaN where ``valid`` is False or no month is present.
+
+        ``lonlat`` is (2, H, W) pixel-centre longitude/latitude; ``valid`` (H, W) marks pixels inside the AOI;
+        ``layers`` (25, H, W) the other auxiliary variables (:mod:`treemap.auxiliary`), NaN = missing; without
+        them only longitude and latitude are given.
+        """
+        return self._per_pixel(composites, halo, lonlat, valid, len(self.species), self.predict, rows_per_block,
+                               layers)
 
 
 # --- devices -----------------------------------------------------------------------------------------------------------
@@ -361,3 +396,37 @@ class PredictorCache:
 
 
 predictors = PredictorCache()
+
+
+class EncoderCache:
+    """The :class:`PixelEncoder` of this process for ``treemap embed`` (no species list, no head), loaded once per
+    worker like :data:`predictors`; the client offers the model it has loaded already."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._item: tuple[tuple, PixelEncoder] | None = None
+        self._offered: dict[str, object] = {}
+        self.loads = 0
+
+    def offer(self, model, model_key: str) -> None:
+        with self._lock:
+            self._offered = {model_key: model}
+
+    def get(self, model_ref: str | Path, model_key: str, spec: InferenceSpec) -> PixelEncoder:
+        key = (model_key, spec.batch_size, spec.device)
+        with self._lock:
+            if self._item is not None and self._item[0] == key:
+                return self._item[1]
+            model = self._offered.get(model_key)
+            if model is None:
+                model, _, loaded_key = resolve_model(model_ref)
+                self.loads += 1
+                if loaded_key != model_key:
+                    raise ModelError(f"the model this worker reads ({model_ref}) differs from the client's: workers "
+                                     f"need the same files")
+            encoder = PixelEncoder(model, InferenceSpec(spec.batch_size, worker_device(spec.device)))
+            self._item = (key, encoder)
+            return encoder
+
+
+encoders = EncoderCache()

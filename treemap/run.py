@@ -126,19 +126,7 @@ class PredictJob:
         return out
 
     def read(self, tile: Tile, scenes: list, local_aoi) -> PreparedTile:
-        from treemap.composite import monthly_composites
-        from treemap.cube import TileCube
-
-        cube = TileCube(scenes, tile)
-        composites, counts = monthly_composites(cube)
-        aux = None
-        if self.aux:
-            from treemap.auxiliary import AuxReader
-
-            with AuxReader(self.aux) as reader:
-                aux = reader.tile(tile.epsg, tile.core_bounds, (tile.height, tile.width))
-        return PreparedTile(composites, counts, core_mask(tile, local_aoi), len(scenes), tuple(cube.unreadable),
-                            self.mask.read(tile), aux)
+        return read_prepared(tile, scenes, local_aoi, self.mask, self.aux)
 
     def compute(self, tile: Tile, inputs: PreparedTile) -> TileResult:
         predictor = predictors.get(self.ref, self.keys, self.spec)
@@ -180,12 +168,35 @@ class PredictJob:
                          not_tree=staged.get("tree_mask"))
 
 
+def read_prepared(tile: Tile, scenes: list, local_aoi, mask: MaskSpec | None, aux: LayerSet | None) -> PreparedTile:
+    """A tile's monthly composites, AOI mask, ``--mask`` raster and auxiliary layers: what the encoder needs (the
+    read step of predict and embed)."""
+    from treemap.composite import monthly_composites
+    from treemap.cube import TileCube
+
+    cube = TileCube(scenes, tile)
+    composites, counts = monthly_composites(cube)
+    layers = None
+    if aux:
+        from treemap.auxiliary import AuxReader
+
+        with AuxReader(aux) as reader:
+            layers = reader.tile(tile.epsg, tile.core_bounds, (tile.height, tile.width))
+    return PreparedTile(composites, counts, core_mask(tile, local_aoi), len(scenes), tuple(cube.unreadable),
+                        mask.read(tile) if mask is not None else None, layers)
+
+
 def check_model(loaded: LoadedModel, top_k: int) -> None:
-    if loaded.card.normalisation == "batch":
-        log.warning("the model uses per-batch input normalisation (the official recipe): values depend on how "
-                    "pixels are batched, so maps can show tile seams; import it with fixed statistics to avoid this")
+    check_model_normalisation(loaded.card)
     if top_k > len(loaded.species):
         raise ModelError(f"--top-k {top_k} is more than the {len(loaded.species)} species of the list")
+
+
+def check_model_normalisation(card) -> None:
+    """A warning for a model whose input statistics come from each batch: its values depend on the batching."""
+    if card.normalisation == "batch":
+        log.warning("the model uses per-batch input normalisation (the official recipe): values depend on how "
+                    "pixels are batched, so maps can show tile seams; import it with fixed statistics to avoid this")
 
 
 def predict(request: PredictRequest) -> PredictResult:

@@ -60,6 +60,11 @@ FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 LOG_NAME = "treemap.log"
 QUICKLOOK_NAME = "quicklook.png"
+#: Other files a job may publish beside its products: name -> (asset key, title, media type, roles).
+OTHER_SIDECARS = {
+    "embedding_pca.safetensors": ("pca", "PCA projection of the embeddings (safetensors: mean, components)",
+                                  "application/octet-stream", ["metadata"]),
+}
 
 #: Points per edge of the footprint before it is reprojected.
 DENSIFY = 32
@@ -407,6 +412,9 @@ def _sidecars(folder: Path, specs: list[Any], checksums: bool) -> Iterator[tuple
     quicklook = folder / QUICKLOOK_NAME
     if quicklook.is_file():
         yield "quicklook", asset(quicklook, "Quicklook", "image/png", ["overview"])
+    for name, (key, title, media_type, roles) in OTHER_SIDECARS.items():
+        if (folder / name).is_file():
+            yield key, asset(folder / name, title, media_type, roles)
     log = folder / LOG_NAME
     if log.is_file():
         yield "log", asset(log, "Run log", "text/plain", ["metadata"])
