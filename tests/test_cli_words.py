@@ -180,7 +180,8 @@ def test_fewshot_head_mistakes_are_one_line(extra, fragment, aoi_file, tmp_path)
 
 # -- treemap train ----------------------------------------------------------------------------------------------------
 TRAIN = {"geotreeclip": "train.geotreeclip", "evaluate": "train.evaluate", "seco-eco": "train.seco_eco",
-         "demo-model": "train.demo_model"}
+         "probe": "train.probe", "demo-model": "train.demo_model",
+         "sample": "train.sample"}
 
 
 def test_train_help_lists_the_programs():

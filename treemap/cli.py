@@ -347,6 +347,8 @@ TRAIN_COMMANDS = {
     "geotreeclip": ("train.geotreeclip", "Pretrain GeoTreeCLIP on GlobalGeoTree-format shards."),
     "evaluate": ("train.evaluate", "Zero- and few-shot accuracy of a GeoTreeCLIP model."),
     "seco-eco": ("train.seco_eco", "Pretrain SeCo-Eco on phenology seasonal composites."),
+    "probe": ("train.probe", "Probe frozen encoder features: k-NN and a linear probe."),
+    "sample": ("train.sample", "SSL4Eco sampling: equal-area land grid, four phenological seasons, patch shards."),
     "demo-model": ("train.demo_model", "Rebuild the shipped demo models from the offline demo world."),
 }
 
