@@ -57,18 +57,14 @@ def _tile(epsg: int, cx: float, cy: float, size: int):
 
 
 def _cube(scenes: list, tile):
-    """:class:`treemap.cube.TileCube` of the scenes that really reach the tile. A scene whose lon/lat bbox meets the
-    tile but whose own grid does not is left out of the stack by stackstac, which would shift the cube's time axis
-    against its scene list: such scenes are dropped here first."""
-    from treemap.cube import ASSETS, TileCube
+    """:class:`treemap.cube.TileCube` of the scenes, or None when none has pixels on the tile (only their
+    footprint boxes meet it; the cube itself drops such scenes from its list)."""
+    from treemap.cube import NoSceneReachesTile, TileCube
 
-    cube = TileCube(scenes, tile)
-    if cube.data.sizes["time"] != len(scenes):
-        kept = set(np.asarray(cube.data.coords["id"].values).tolist())
-        cube = TileCube([s for s in scenes if s.id in kept], tile)
-    if cube.data.sizes["time"] != len(cube.scenes) or cube.data.sizes["band"] != len(ASSETS):
-        raise RuntimeError(f"stack of {len(cube.scenes)} scenes has shape {dict(cube.data.sizes)}")
-    return cube
+    try:
+        return TileCube(scenes, tile)
+    except NoSceneReachesTile:
+        return None
 
 
 def sample_location(loc: Location, catalog, opts: argparse.Namespace, start: date, end: date) -> tuple[dict, dict]:
@@ -97,8 +93,8 @@ def sample_location(loc: Location, catalog, opts: argparse.Namespace, start: dat
     unreadable = []
     wscenes = scenes_for_tile(scenes, window)
     transitions: Transitions | None = None
-    if wscenes:
-        wcube = _cube(wscenes, window)
+    wcube = _cube(wscenes, window) if wscenes else None
+    if wcube is not None:
         dates, values, clear, _ = tile_series(wcube, opts.index)
         unreadable += wcube.unreadable
         transitions = window_transitions(dates, values, clear, list(range(start.year, end.year + 1)),
@@ -108,9 +104,9 @@ def sample_location(loc: Location, catalog, opts: argparse.Namespace, start: dat
         log.warning("location %s: no phenological cycle in its window: calendar seasons", loc.id)
     record["phenology"] = transitions.to_json()
     pscenes = scenes_for_tile(scenes, patch)
-    if not pscenes:
+    cube = _cube(pscenes, patch) if pscenes else None
+    if cube is None:
         return {**record, "reason": "no scene covers the patch", "seasons": [], "missing": []}, {}
-    cube = _cube(pscenes, patch)
     chosen, seasons, missing = [], [], []
     for season in transitions.seasons():
         cands = candidates(season, cube)

@@ -52,6 +52,10 @@ MODEL_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B05", "B06", "B07",
 ASSETS: tuple[str, ...] = BANDS + (SCL,)
 
 
+class NoSceneReachesTile(LookupError):
+    """No scene given to a cube has pixels on its tile (only their footprint boxes meet it)."""
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """Scenes of one overpass (same platform, same UTC day): overlapping MGRS tiles of one acquisition."""
@@ -93,9 +97,36 @@ class TileCube:
         self._reader = SkippingReader.reporting_to(self._failed, strict=False)
         self._strict_reader = SkippingReader.reporting_to(self._failed, strict=True)
         self.data = self._stack(self._items, list(ASSETS), self._gdal_env)
+        self._keep_reaching()
         expected = tile.read_shape
         if tuple(self.data.shape[-2:]) != expected:
             raise RuntimeError(f"stackstac grid {self.data.shape[-2:]} != tile read grid {expected}")
+
+    def _keep_reaching(self) -> None:
+        """Align the scene list with the stack. stackstac leaves out an item none of whose assets' grids meets the
+        read bounds, even when its lon/lat footprint box does (at MGRS tile edges, the box of a UTM square in
+        degrees is larger than the square); the cube's time axis would then no longer match :attr:`scenes`. The
+        items keep their order (``sortby_date=False``), so the kept ones are matched by id in order."""
+        kept = [str(v) for v in np.atleast_1d(self.data.coords["id"].values)] if self.data.sizes["time"] else []
+        if len(kept) == len(self.scenes):
+            return
+        if not kept:
+            raise NoSceneReachesTile(f"none of the {len(self.scenes)} scenes whose footprint meets tile "
+                                     f"{self.tile.id} has pixels on it")
+        keep, k = [], 0
+        for i, scene in enumerate(self.scenes):
+            if k < len(kept) and scene.id == kept[k]:
+                keep.append(i)
+                k += 1
+        if k != len(kept) or self.data.sizes["band"] != len(ASSETS):
+            raise RuntimeError(f"stackstac kept scenes {kept} of {[s.id for s in self.scenes]} out of order")
+        log.debug("tile %s: %d of %d scenes have no pixels on it (footprint box only)", self.tile.id,
+                  len(self.scenes) - len(keep), len(self.scenes))
+        self.scenes = [self.scenes[i] for i in keep]
+        self.scale, self.offset = self.scale[keep], self.offset[keep]
+        self._items = [self._items[i] for i in keep]
+        self._assets = {asset["href"]: (i, band) for i, item in enumerate(self._items)
+                        for band, asset in item["assets"].items()}
 
     def _stack(self, items: list[dict], assets: list[str], gdal_env, reader=None):
         import stackstac

@@ -95,7 +95,7 @@ def window_patches(catalog, members: list[Located], year: int, epsg: int, compos
     """Patches (12, 10, 5, 5) of the points of one window (by position in ``members``), the skipped ones, and the
     number of scenes used."""
     from treemap.composite import monthly_composites
-    from treemap.cube import CLEAR_SCL, TileCube
+    from treemap.cube import CLEAR_SCL, NoSceneReachesTile, TileCube
     from treemap.grid import lonlat_bbox
     from treemap.infer import fill_present_months
     from treemap.stac import Query
@@ -105,13 +105,18 @@ def window_patches(catalog, members: list[Located], year: int, epsg: int, compos
                   max_cloud=compositing.max_cloud)
     scenes = catalog.search(query)
     skipped: dict[int, Skipped] = {}
-    if not scenes:
+    cube = None
+    if scenes:
+        try:
+            cube = TileCube(scenes, tile)
+        except NoSceneReachesTile:
+            pass  # footprint boxes only: as if none was found
+    if cube is None:
         cloud = f" with at most {compositing.max_cloud:g} % cloud" if compositing.max_cloud < 100 else ""
         for i, m in enumerate(members):
             skipped[i] = Skipped(m.point.row, m.point.key, "no_scenes",
                                  f"no Sentinel-2 L2A scene of {year}{cloud} in {catalog.name} covers the point")
         return {}, skipped, 0
-    cube = TileCube(scenes, tile)
     comps, _ = monthly_composites(cube, CLEAR_SCL if compositing.scl_mask else ALL_SCL)
     patches: dict[int, np.ndarray] = {}
     for i, m in enumerate(members):
@@ -130,7 +135,7 @@ def window_patches(catalog, members: list[Located], year: int, epsg: int, compos
                                      f"the point lies outside every scene footprint of {year}")
             continue
         patches[i] = patch.astype(np.float32)
-    return patches, skipped, len(scenes)
+    return patches, skipped, len(cube.scenes)
 
 
 # -- samples -----------------------------------------------------------------------------------------------------

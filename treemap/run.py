@@ -182,7 +182,7 @@ def read_prepared(tile: Tile, scenes: list, local_aoi, mask: MaskSpec | None, au
 
         with AuxReader(aux) as reader:
             layers = reader.tile(tile.epsg, tile.core_bounds, (tile.height, tile.width))
-    return PreparedTile(composites, counts, core_mask(tile, local_aoi), len(scenes), tuple(cube.unreadable),
+    return PreparedTile(composites, counts, core_mask(tile, local_aoi), len(cube.scenes), tuple(cube.unreadable),
                         mask.read(tile) if mask is not None else None, layers)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from treemap import __version__
 from treemap.aoi import AOI
+from treemap.cube import NoSceneReachesTile
 from treemap.durable import atomic_write_bytes, atomic_write_json, write_error
 from treemap.errors import NoScenesError, TilesFailedError, WriteError
 from treemap.io_env import DEFAULT_MAX_UNREADABLE
@@ -122,6 +123,9 @@ class TileTask:
             return None
         try:
             return self.job.read(tile, tile_scenes, self.local_aoi)
+        except NoSceneReachesTile:
+            log.warning("tile %s: no scene has pixels on it; left as nodata", tile.id)
+            return None
         except (WriteError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of one tile is that tile's, recorded in the manifest

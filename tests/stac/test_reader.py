@@ -197,3 +197,36 @@ def test_second_pass_bypasses_gdals_memory_of_a_failed_http_file(tmp_path, monke
     assert asked_while_down >= 4  # GDAL's try and retry, in both passes
     assert later.unreadable == []
     np.testing.assert_array_equal(dn[0, BANDS.index("B04")], _expected_10m(pixels, "B04"))
+
+
+def _shifted(item: dict, scene_id: str, dx: float) -> dict:
+    """``item`` under another id with every asset's grid moved ``dx`` m east; its lon/lat box is left as it was."""
+    import copy
+
+    out = copy.deepcopy(item)
+    out["id"] = scene_id
+    for asset in out["assets"].values():
+        if "proj:transform" in asset:
+            t = asset["proj:transform"]
+            asset["proj:transform"] = [t[0], t[1], t[2] + dx, t[3], t[4], t[5]]
+    return out
+
+
+def test_a_scene_whose_box_meets_the_tile_but_whose_grid_does_not_leaves_the_cube(tmp_path):
+    """stackstac leaves such a scene out of the stack; the cube's scene list must follow, or every later scene's
+    pixels are read under the wrong scene (found at MGRS tile edges)."""
+    from treemap.cube import NoSceneReachesTile
+
+    near = _source_pixels(5)
+    item = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "near", near)
+    other = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "other", _source_pixels(6), add=100)
+    far = normalise_item(_shifted(item, "far-scene", 50_000.0))
+    scenes = [far, normalise_item(item), far, normalise_item({**other, "id": "other-scene"})]
+    cube = TileCube(scenes, _tile())
+    assert [s.id for s in cube.scenes] == [item["id"], "other-scene"]
+    assert cube.data.sizes["time"] == 2 and len(cube.scale) == len(cube.offset) == 2
+    dn, scl = cube.load([0, 1])
+    np.testing.assert_array_equal(dn[0, BANDS.index("B04")], _expected_10m(near, "B04"))
+    assert (dn[1, BANDS.index("B04")] != dn[0, BANDS.index("B04")]).any()
+    with pytest.raises(NoSceneReachesTile):
+        TileCube([far], _tile())
