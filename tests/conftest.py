@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +19,33 @@ def small_world(tmp_path_factory):
 
     spec = WorldSpec(seed=7, x_min=497000.0, y_max=5543000.0, width_px=200, height_px=120, overlap_px=40)
     return build_world(tmp_path_factory.mktemp("world") / "w", spec)
+
+
+@pytest.fixture(scope="session")
+def embed_aoi(small_world, tmp_path_factory):
+    """About 660 m x 600 m in the small world's north-west: 2 x 3 tiles of 32 px, 2 x 2 of 48, one of 64."""
+    from shapely.geometry import box
+
+    from treemap.grid import to_crs
+
+    spec = small_world.spec
+    local = box(spec.x_min + 200, spec.y_max - 700, spec.x_min + 840, spec.y_max - 120)
+    path = tmp_path_factory.mktemp("embed-aoi") / "aoi.geojson"
+    path.write_text(json.dumps({"type": "Feature", "properties": {},
+                                "geometry": to_crs(local, 4326, src_epsg=spec.epsg).__geo_interface__}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def seco_model(tmp_path_factory):
+    """A tiny SeCo-Eco model file with seeded random weights and plausible channel statistics."""
+    from treemap.models.seco import SecoConfig, random_seco, save_seco
+    from treemap.models.seco_input import ChannelStats
+
+    stats = ChannelStats(mean=(0.05, 0.08, 0.06, 0.1, 0.2, 0.25, 0.28, 0.3, 0.45),
+                         std=(0.03, 0.03, 0.04, 0.04, 0.06, 0.07, 0.08, 0.08, 0.2))
+    path = tmp_path_factory.mktemp("seco") / "seco.safetensors"
+    return save_seco(random_seco(SecoConfig.tiny(), stats, seed=3), path)
 
 
 @pytest.fixture(autouse=True)

@@ -25,21 +25,6 @@ def run_cli(*args):
                           timeout=600)
 
 
-@pytest.fixture(scope="module")
-def embed_aoi(small_world, tmp_path_factory):
-    """About 660 m x 600 m in the small world's north-west: 2 x 3 tiles of 32 px, 2 x 2 of 48, one of 64."""
-    from shapely.geometry import box
-
-    from treemap.grid import to_crs
-
-    spec = small_world.spec
-    local = box(spec.x_min + 200, spec.y_max - 700, spec.x_min + 840, spec.y_max - 120)
-    path = tmp_path_factory.mktemp("embed-aoi") / "aoi.geojson"
-    path.write_text(json.dumps({"type": "Feature", "properties": {},
-                                "geometry": to_crs(local, 4326, src_epsg=spec.epsg).__geo_interface__}))
-    return path
-
-
 def embed(world, aoi, out, *extra):
     proc = run_cli("embed", "--aoi", aoi, "--catalog", world.catalog, *WINDOW, "--model", "demo", "--device", "cpu",
                    "--out", out, "--json", *extra)
@@ -141,4 +126,4 @@ def test_bad_embed_input_is_one_line_and_writes_nothing(small_world, embed_aoi, 
     narrow = save_projection(fit_projection(np.random.default_rng(0).normal(size=(100, 8)), 2, ""),
                              tmp_path / "narrow.safetensors")
     fails("8-dim", "--pca-from", narrow)
-    fails("Invalid value for '--encoder'", "--encoder", "seco-eco")
+    fails("Invalid value for '--encoder'", "--encoder", "bogus")

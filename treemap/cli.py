@@ -119,6 +119,30 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
     print_products(result, as_json)
 
 
+def seco_options(f):
+    """--chip, --stride and --season: how SeCo-Eco features of a place are made (embed and fewshot alike)."""
+    f = click.option("--season", default="mean", show_default=True,
+                     help="seco-eco: 'mean' of the usable seasons' features, or one season (0-3 or its name).")(f)
+    f = click.option("--stride", default=8, show_default=True, type=click.IntRange(1, 1024),
+                     help="seco-eco: pixels between chip centres; a map's pixel is stride x 10 m.")(f)
+    return click.option("--chip", default=16, show_default=True, type=click.IntRange(4, 1024),
+                        help="seco-eco: chip edge in 10 m pixels (the patch size the model was trained on).")(f)
+
+
+def seco_spec(chip: int, stride: int, season: str, aux, year: int):
+    """The SeCo-Eco recipe of the options; a usage error for a bad --season or an --aux it cannot take."""
+    from treemap.chips import parse_season
+    from treemap.embed_seco import SecoEmbedSpec
+
+    if aux is not None:
+        raise click.UsageError("--aux feeds GeoTreeCLIP; SeCo-Eco takes no auxiliary layers")
+    try:
+        season = parse_season(season)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--season") from None
+    return SecoEmbedSpec(chip=chip, stride=stride, season=season, year=year)
+
+
 @cli.command()
 @click.option("--aoi", "aoi", required=True, type=click.Path(path_type=Path), help=AOI_HELP)
 @click.option("--out", "out", default=Path("treemap-out"), show_default=True, type=click.Path(path_type=Path),
@@ -129,9 +153,12 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
               help="Skip scenes with more cloud cover (percent); pixels are masked with SCL anyway.")
 @click.option("--tile-size", default=512, show_default=True, type=click.IntRange(16, 8192),
               help="Tile edge in 10 m pixels.")
-@click.option("--encoder", type=click.Choice(["geotreeclip"]), default="geotreeclip", show_default=True,
-              help="Which encoder's embeddings: the GeoTreeCLIP location embedding per 10 m pixel.")
-@click.option("--model", help=f"The model: {MODEL_HELP}; default 'demo' for --catalog demo.")
+@click.option("--encoder", type=click.Choice(["geotreeclip", "seco-eco"]), default="geotreeclip", show_default=True,
+              help="geotreeclip: the location embedding per 10 m pixel; seco-eco: SeCo-Eco features of chips of "
+                   "the year's phenology seasonal composites, one per --stride px.")
+@click.option("--model", help=f"The model: {MODEL_HELP}; default 'demo' for --catalog demo. For seco-eco: a "
+                              "SeCo-Eco .safetensors file (treemap train seco-eco).")
+@seco_options
 @click.option("--pca", default=0, show_default=True, type=click.IntRange(0),
               help="Write K principal components instead of the whole embedding; the projection is saved as "
                    "embedding_pca.safetensors beside the map.")
@@ -147,12 +174,20 @@ def phenology(aoi, year, out, catalog, index, margin_days, max_cloud, min_observ
 @max_unreadable_option
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product path.")
-def embed(aoi, out, catalog, start, end, year, max_cloud, tile_size, encoder, model, pca, pca_from, float32, aux,
-          batch_size, device, keep_work, max_unreadable, workers, scheduler, as_json):
-    """Map the encoder's per-pixel embeddings (embedding.tif); prints the path of the COG written."""
+def embed(aoi, out, catalog, start, end, year, max_cloud, tile_size, encoder, model, chip, stride, season, pca,
+          pca_from, float32, aux, batch_size, device, keep_work, max_unreadable, workers, scheduler, as_json):
+    """Map the encoder's embeddings (embedding.tif); prints the path of the COG written."""
     from treemap.embed import EmbedRequest, embed as run_embed
 
-    start, end = year_window(year, start, end)
+    seco = None
+    if encoder == "seco-eco":
+        from treemap.dates import default_year
+
+        if start is not None or end is not None:
+            raise click.UsageError("--encoder seco-eco maps one phenological year: give --year, not --start/--end")
+        seco = seco_spec(chip, stride, season, aux, year if year is not None else default_year(catalog))
+    else:
+        start, end = year_window(year, start, end)
     layers = None
     if aux is not None:
         from treemap.auxiliary import read_layer_set
@@ -160,7 +195,8 @@ def embed(aoi, out, catalog, start, end, year, max_cloud, tile_size, encoder, mo
         layers = read_layer_set(aux)
     result = run_embed(EmbedRequest(
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
-        model=model, batch_size=batch_size, device=device, pca=pca, pca_from=pca_from, float32=float32, aux=layers,
+        model=model, encoder=encoder, seco=seco, batch_size=batch_size, device=device, pca=pca, pca_from=pca_from,
+        float32=float32, aux=layers,
         keep_work=keep_work, scheduler=scheduler, workers=workers, max_unreadable=max_unreadable))
     print_products(result, as_json)
 
@@ -170,11 +206,20 @@ def embed(aoi, out, catalog, start, end, year, max_cloud, tile_size, encoder, mo
               help="World seed (layout, clouds, phenology): 0 to 4294967295.")
 @click.option("--out", "out", type=click.Path(path_type=Path),
               help="Output folder for the world (default: the cache used by --catalog demo).")
-def demo(seed, out):
+@click.option("--size", metavar="WxH", help="Width x height in km, 1..25 each (default 6.4x4), e.g. 10x10: a "
+              "larger world for measurements; use it with --catalog and the catalog.json path printed.")
+def demo(seed, out, size):
     """Build the offline demo world (a synthetic Sentinel-2 L2A catalog); prints its catalog.json path."""
     from treemap.demo import WorldSpec, build_world, ensure_demo_world
+    from treemap.demo.spec import parse_size, sized_spec
 
-    world = ensure_demo_world(seed=seed) if out is None else build_world(out, WorldSpec(seed=seed))
+    if size is not None:
+        try:
+            size = parse_size(size)
+        except ValueError as exc:
+            raise click.UsageError(f"--size {size} {exc}") from None
+    spec = WorldSpec(seed=seed) if size is None else sized_spec(seed, *size)
+    world = ensure_demo_world(seed=seed, size=size) if out is None else build_world(out, spec)
     click.echo(str(world.catalog))
 
 
@@ -259,10 +304,14 @@ HEAD_KINDS = ("prototype", "linear")
 @click.option("--aux", "aux", type=click.Path(path_type=Path), metavar="LAYERS.yaml",
               help="Auxiliary layers as predict --aux takes them (map with the same file).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--encoder", type=click.Choice(["geotreeclip", "seco-eco"]), default="geotreeclip", show_default=True,
+              help="Whose features the head is fitted on: GeoTreeCLIP's location embedding, or SeCo-Eco's features "
+                   "of the point's cell as `embed --encoder seco-eco` maps it (--model: a SeCo-Eco file).")
+@seco_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the head's path.")
 @click.pass_context
-def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out, batch_size, aux, device,
-            as_json):
+def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out, batch_size, aux, device, encoder,
+            chip, stride, season, as_json):
     """Fit a few-shot species head from labelled points; use it with `predict --head`."""
     from treemap.fewshot import FewShotRequest, fit_from_points
     from treemap.infer import check_device
@@ -270,6 +319,7 @@ def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out
     if old_kind is not None:
         kind = _deprecated_head_kind(ctx, old_kind)
     check_device(device)
+    seco = seco_spec(chip, stride, season, aux, year or 0) if encoder == "seco-eco" else None
     layers = None
     if aux is not None:
         from treemap.auxiliary import read_layer_set
@@ -277,7 +327,7 @@ def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out
         layers = read_layer_set(aux)
     result = fit_from_points(FewShotRequest(points=points, model=model_ref, catalog=catalog, kind=kind, out=out,
                                             year=year, taxonomy=taxonomy, batch_size=batch_size, device=device,
-                                            aux=layers))
+                                            aux=layers, encoder=encoder, seco=seco))
     click.echo(json.dumps(result.to_json()) if as_json else str(result.head))
 
 
@@ -348,7 +398,7 @@ TRAIN_COMMANDS = {
     "evaluate": ("train.evaluate", "Zero- and few-shot accuracy of a GeoTreeCLIP model."),
     "seco-eco": ("train.seco_eco", "Pretrain SeCo-Eco on phenology seasonal composites."),
     "probe": ("train.probe", "Probe frozen encoder features: k-NN and a linear probe."),
-    "sample": ("train.sample", "SSL4Eco sampling: equal-area land grid, four phenological seasons, patch shards."),
+    "sample": ("train.sample", "SSL4Eco sampling: locations, seasons, scenes, patch shards."),
     "demo-model": ("train.demo_model", "Rebuild the shipped demo models from the offline demo world."),
 }
 

@@ -30,13 +30,17 @@ import numpy as np
 
 from treemap.aoi import read_aoi
 from treemap.auxiliary import LayerSet
-from treemap.cube import ASSETS
+from treemap.cube import ASSETS, NoSceneReachesTile
 from treemap.dates import default_year
-from treemap.errors import ProjectionError
+from treemap.dates import check_year
+from treemap.embed_seco import SecoEmbedSpec, seco_embeddings, seco_models, seco_tile_read
+from treemap.errors import DateRangeError, ProjectionError, TreemapError
 from treemap.grid import Tile, TilePlan, pixel_centres_lonlat, plan_tiles, scenes_for_tile, to_crs
-from treemap.infer import InferenceSpec, check_device, encoders, resolve_model, visible_gpus
+from treemap.infer import InferenceSpec, check_device, encoders, resolve_model, visible_gpus, worker_device
 from treemap.outputs import NODATA_I16, ProductSpec, ensure_writable_dir
 from treemap.pca import Projection, fit_projection, load_projection, save_projection
+from treemap.phenology import SEASONS
+from treemap.phenology_run import search_window
 from treemap.products import run_tags
 from treemap.run import PreparedTile, check_model_normalisation, read_prepared
 from treemap.scale import ClusterSpec
@@ -59,6 +63,10 @@ PCA_FILE = "embedding_pca.safetensors"
 #: Pixels and tiles a ``--pca K`` fit draws from.
 PCA_SAMPLE = 20000
 PCA_TILES = 4
+#: Encoders of ``--encoder``.
+ENCODERS = ("geotreeclip", "seco-eco")
+#: Days searched either side of a seco-eco map's year (as ``treemap phenology`` does by default).
+PHENOLOGY_MARGIN_DAYS = 183
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ class EmbedRequest:
     max_cloud: float = 100.0
     tile_size: int = 512
     model: Path | str | None = None  # a GeoTreeCLIP checkpoint, or "demo" (the default for the demo catalog)
+    encoder: str = "geotreeclip"  # or "seco-eco" (chips of phenology seasonal composites; needs ``seco``)
+    seco: SecoEmbedSpec | None = None  # chip, stride, season and phenology year of a seco-eco map
     batch_size: int = 4096
     device: str = "auto"
     pca: int = 0  # fit this many principal components (0: the full embedding)
@@ -86,6 +96,12 @@ class EmbedRequest:
         return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
 
     def model_ref(self) -> str | Path:
+        if self.encoder == "seco-eco":
+            from treemap.errors import ModelError
+
+            if self.model is None or str(self.model) == "demo":
+                raise ModelError("--encoder seco-eco needs --model: a SeCo-Eco model file (treemap train seco-eco)")
+            return Path(self.model).absolute()
         model = self.model if self.model is not None else ("demo" if self.catalog == "demo" else None)
         if model is None:
             from treemap.errors import ModelError
@@ -130,6 +146,20 @@ class EmbedJob:
     projection: Projection | None = None
     float32: bool = False
     aux: LayerSet | None = None
+    seco: SecoEmbedSpec | None = None  # a SeCo-Eco chip map instead of GeoTreeCLIP's per-pixel embedding
+
+    @property
+    def encoder(self) -> str:
+        return "geotreeclip" if self.seco is None else "seco-eco"
+
+    @property
+    def description(self) -> str:
+        if self.seco is None:
+            return f"L2-normalised {self.dim}-dim GeoTreeCLIP location embedding per 10 m pixel"
+        s = self.seco
+        season = "mean of the usable seasons" if s.season == "mean" else f"season {SEASONS[int(s.season)]}"
+        return (f"L2-normalised {self.dim}-dim SeCo-Eco backbone features of {s.chip} px chips of the {s.year} "
+                f"phenology seasonal composites ({season}) every {s.stride} px ({s.resolution:g} m)")
 
     @property
     def scale(self) -> float | None:
@@ -142,17 +172,25 @@ class EmbedJob:
         return self.projection.k if self.projection is not None else self.dim
 
     def fingerprint(self) -> dict:
-        out = {"encoder": "geotreeclip", "model": self.model_key, "float32": self.float32,
+        out = {"encoder": self.encoder, "model": self.model_key, "float32": self.float32,
                "pca": self.projection.checksum() if self.projection is not None else None}
+        if self.seco is not None:
+            out["seco"] = self.seco.fingerprint()
         if self.aux:
             out["aux"] = self.aux.fingerprint()
         return out
 
-    def read(self, tile: Tile, scenes: list, local_aoi) -> PreparedTile:
+    def read(self, tile: Tile, scenes: list, local_aoi):
+        if self.seco is not None:
+            return seco_tile_read(tile, scenes, local_aoi, self.seco)
         return read_prepared(tile, scenes, local_aoi, None, self.aux)
 
-    def embeddings(self, tile: Tile, inputs: PreparedTile) -> np.ndarray:
+    def embeddings(self, tile: Tile, inputs) -> np.ndarray:
         """The L2-normalised embeddings (D, H, W) of the tile's core, NaN where none."""
+        if self.seco is not None:
+            device = str(InferenceSpec(self.spec.batch_size, worker_device(self.spec.device)).resolve_device())
+            model = seco_models.get(self.model, self.model_key, device)
+            return seco_embeddings(tile, inputs, self.seco, model, self.spec.batch_size, device)
         encoder = encoders.get(self.model, self.model_key, self.spec)
         return encoder.embed_tile(inputs.composites, tile.halo, pixel_centres_lonlat(tile), inputs.valid,
                                   layers=inputs.aux)
@@ -166,13 +204,18 @@ class EmbedJob:
         covered = np.isfinite(values).all(axis=0)
         record = {"scenes": inputs.n_scenes, "assets": inputs.n_scenes * len(ASSETS),
                   "unreadable": [list(u) for u in inputs.unreadable], "embedded": int(covered.sum())}
+        if self.seco is not None:
+            record["dates"] = int(inputs.dates.shape[0])
         nodata = float("nan") if self.float32 else NODATA_I16
         return TileResult(encode_embedding(values, self.scale), nodata, record)
 
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
         tags = {**run_tags(self.start, self.end, self.n_scenes), **unreadable_tags(unreadable_assets(plan, records)),
-                "TREEMAP_ENCODER": "geotreeclip", "TREEMAP_MODEL_CHECKSUM": self.model_key,
-                "TREEMAP_EMBEDDING": f"L2-normalised {self.dim}-dim GeoTreeCLIP location embedding per 10 m pixel"}
+                "TREEMAP_ENCODER": self.encoder, "TREEMAP_MODEL_CHECKSUM": self.model_key,
+                "TREEMAP_EMBEDDING": self.description}
+        if self.seco is not None:
+            tags.update({"TREEMAP_CHIP": str(self.seco.chip), "TREEMAP_STRIDE": str(self.seco.stride),
+                         "TREEMAP_SEASON": str(self.seco.season), "TREEMAP_PHENOLOGY_YEAR": str(self.seco.year)})
         if self.aux:
             tags["TREEMAP_AUX_LAYERS"] = ",".join(self.aux.provided())
             tags["TREEMAP_AUX_CHECKSUM"] = self.aux.checksum()
@@ -192,7 +235,8 @@ class EmbedJob:
 
     def provenance(self) -> dict:
         p = self.projection
-        return {"encoder": "geotreeclip", "model": str(self.model), "model_checksum": self.model_key,
+        return {"encoder": self.encoder, "model": str(self.model), "model_checksum": self.model_key,
+                "seco": None if self.seco is None else self.seco.fingerprint(),
                 "pca": None if p is None else {"components": p.k, "checksum": p.checksum(),
                                                "explained_variance": list(p.explained), "samples": p.samples},
                 "auxiliary": self.aux.provenance() if self.aux else None}
@@ -220,7 +264,11 @@ def fit_on_tiles(job: EmbedJob, k: int, plan: TilePlan, scenes: list, aoi) -> Pr
     rng = np.random.default_rng(0)
     samples = []
     for tile in tiles:
-        values = job.embeddings(tile, job.read(tile, scenes_for_tile(scenes, tile), local))
+        try:
+            inputs = job.read(tile, scenes_for_tile(scenes, tile), local)
+        except NoSceneReachesTile:
+            continue
+        values = job.embeddings(tile, inputs)
         flat = values.reshape(values.shape[0], -1).T
         flat = flat[np.isfinite(flat).all(axis=1)]
         if flat.shape[0] > per_tile:
@@ -237,29 +285,54 @@ def embed(request: EmbedRequest) -> EmbedResult:
     """Run an embedding job and return the product written."""
     if request.pca and request.pca_from is not None:
         raise ProjectionError("--pca and --pca-from exclude each other: fit a projection, or apply a saved one")
+    if request.encoder not in ENCODERS:
+        raise TreemapError(f"unknown encoder {request.encoder!r}: use {' or '.join(ENCODERS)}")
+    seco = request.seco if request.encoder == "seco-eco" else None
+    if request.encoder == "seco-eco":
+        seco = seco or SecoEmbedSpec(year=default_year(request.catalog))
+        if request.aux:
+            raise TreemapError("--aux feeds GeoTreeCLIP; SeCo-Eco takes no auxiliary layers")
+        if request.start is not None or request.end is not None:
+            raise DateRangeError("--encoder seco-eco maps one phenological year: give --year, not --start/--end")
+        check_year(seco.year)
+        if seco.chip < 1 or seco.stride < 1:
+            raise TreemapError(f"--chip {seco.chip} and --stride {seco.stride} must be at least 1 px")
     cluster = request.cluster().check()
     check_device(request.device)
     model_ref = request.model_ref()
     projection = load_projection(request.pca_from) if request.pca_from is not None else None
     aoi = read_aoi(request.aoi)
-    start, end = date_window(request.start, request.end, default_year(request.catalog))
+    if seco is not None:
+        start, end = search_window(seco.year, PHENOLOGY_MARGIN_DAYS)
+    else:
+        start, end = date_window(request.start, request.end, default_year(request.catalog))
     out = ensure_writable_dir(Path(request.out))
     with work_lock(out):
         scenes = find_scenes(request.catalog, aoi, start, end, request.max_cloud)
-        model, card, model_key = resolve_model(model_ref)
-        check_model_normalisation(card)
-        dim = int(model.config.embed_dim)
+        if seco is None:
+            model, card, model_key = resolve_model(model_ref)
+            check_model_normalisation(card)
+            dim = int(model.config.embed_dim)
+            encoders.offer(model, model_key)
+            plan = plan_tiles(aoi, tile_size=request.tile_size)
+        else:
+            from treemap.cache import file_sha256
+            from treemap.models.seco import load_seco
+
+            model, model_key = load_seco(model_ref), file_sha256(model_ref)
+            dim = int(model.config.feature_dim)
+            seco_models.offer(model, model_key)
+            plan = plan_tiles(aoi, tile_size=max(1, request.tile_size // seco.stride), halo=seco.plan_halo,
+                              resolution=seco.resolution)
         if projection is not None:
             projection.check_for(model_key, dim, f"--pca-from {request.pca_from}")
-        encoders.offer(model, model_key)
-        plan = plan_tiles(aoi, tile_size=request.tile_size)
         log.info("grid EPSG:%d, %d x %d px, %d tile(s)", plan.epsg, plan.width, plan.height, len(plan.tiles))
         if request.aux:
             from treemap.auxiliary import check_layers
 
             check_layers(request.aux, plan.epsg, plan.bounds)
         job = EmbedJob(model_ref, model_key, InferenceSpec(request.batch_size, request.device), dim, start, end,
-                       len(scenes), projection, request.float32, request.aux)
+                       len(scenes), projection, request.float32, request.aux, seco)
         if request.pca:
             if request.pca > dim:
                 raise ProjectionError(f"--pca {request.pca}: the embeddings have only {dim} dimensions")

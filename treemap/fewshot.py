@@ -6,11 +6,17 @@ optionally ``genus``, ``family``, ``level0``, ``year``) are extracted with the s
 the auxiliary values ``predict`` gives it at the points' pixels (longitude and latitude, plus the ``--aux`` layer
 set's variables, :mod:`treemap.auxiliary`; map with the same ``--aux``), and a head
 (:mod:`treemap.heads`) is fitted on the embeddings. ``treemap predict --head FILE`` then maps the head's species.
+
+With ``--encoder seco-eco`` the features are instead those of the SeCo-Eco model at each point's cell, made exactly
+as ``treemap embed --encoder seco-eco`` makes a map cell (:mod:`treemap.fewshot_seco`; not cached), so the two
+encoders can be compared on the same labelled points through the cross-validated top-1. The head records the
+chip, stride and season; ``predict`` refuses it (it maps GeoTreeCLIP heads only).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 
 from treemap.auxiliary import LayerSet
+from treemap.embed_seco import SecoEmbedSpec
 from treemap.cache import cache_root, file_sha256
 from treemap.documents import check_file, read_json, read_text
 from treemap.errors import ModelError
@@ -46,6 +53,8 @@ class FewShotRequest:
     batch_size: int = 1024
     device: str = "auto"
     aux: LayerSet | None = None  # auxiliary layers, as predict --aux takes them
+    encoder: str = "geotreeclip"  # or "seco-eco": features of the point's cell as `embed --encoder seco-eco` maps
+    seco: SecoEmbedSpec | None = None  # chip, stride and season for seco-eco (its year: each point's)
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,56 @@ def _samples(request: FewShotRequest, points_csv: Path):
     return images, aux, taxa, result.skipped
 
 
+def _points_csv(points: Path) -> Path:
+    """The points file as a CSV (GeoJSON converted into the cache)."""
+    if points.suffix.lower() in (".geojson", ".json"):
+        text = read_text(points, what="points file", kind="GeoJSON", error=PointsError)
+        text_digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        return geojson_to_csv(points, cache_root() / "fewshot" / "points" / f"{text_digest}.csv")
+    return points
+
+
+def _fit_seco(request: FewShotRequest, points: Path, out: Path) -> FewShotResult:
+    """A head on SeCo-Eco features of the points' cells (:mod:`treemap.fewshot_seco`)."""
+    from treemap.embed_seco import SecoEmbedSpec
+    from treemap.fewshot_seco import point_features
+    from treemap.infer import InferenceSpec
+    from treemap.models.seco import load_seco
+    from treemap.points import read_points
+    from treemap.stac import open_catalog
+
+    if request.aux is not None:
+        raise ModelError("--aux feeds GeoTreeCLIP; SeCo-Eco takes no auxiliary layers")
+    if str(request.model) == "demo":
+        raise ModelError("--encoder seco-eco needs --model: a SeCo-Eco model file (treemap train seco-eco)")
+    spec = request.seco or SecoEmbedSpec()
+    model, model_key = load_seco(request.model), file_sha256(request.model)
+    rows, bad = read_points(_points_csv(points), taxonomy=str(request.taxonomy) if request.taxonomy else None,
+                            default_year=request.year)
+    device = str(InferenceSpec(request.batch_size, request.device).resolve_device())
+    features, used, skipped = point_features(rows, open_catalog(str(request.catalog)), spec, model.to(device),
+                                             min(request.batch_size, 256), device)
+    for s in [*bad, *skipped]:
+        log.warning("point row %d skipped (%s): %s", s.row, s.reason, s.message)
+    if not used:
+        raise PointsError(f"no usable point in {request.points}: {len(bad)} bad row(s), {len(skipped)} point(s) "
+                          f"without a usable chip")
+    taxa = []
+    for i in used:
+        t = dict(rows[i].text)
+        taxa.append(Taxon(t["level0"], t["level1_family"], t["level2_genus"], t["level3_species"]))
+    head = fit_head(torch.from_numpy(features), taxa, request.kind, model_key)
+    recipe = {"encoder": "seco-eco", "chip": spec.chip, "stride": spec.stride, "season": spec.season,
+              "index": spec.index, "min_valid": spec.min_valid}
+    head = dataclasses.replace(head, encoder=recipe)
+    save_head(head, out)
+    log.info("%s head on SeCo-Eco features over %d species from %d points; cross-validated top-1 %s", request.kind,
+             len(head.species), len(taxa), "n/a" if head.cv_top1 is None else f"{head.cv_top1:.3f}")
+    majority = float(np.max(head.counts) / np.sum(head.counts))
+    return FewShotResult(out, request.kind, len(taxa), head.species.species, head.counts, len(bad) + len(skipped),
+                         head.cv_top1, majority)
+
+
 def fit_from_points(request: FewShotRequest) -> FewShotResult:
     """Extract, encode, fit and save a head; see the module docstring."""
     from treemap.infer import InferenceSpec
@@ -142,11 +201,10 @@ def fit_from_points(request: FewShotRequest) -> FewShotResult:
     out = Path(request.out) if request.out is not None else default_head_path(request.model, request.kind)
     if not out.parent.is_dir():
         raise ModelError(f"folder {out.parent} for the head file does not exist")
+    if request.encoder == "seco-eco":
+        return _fit_seco(request, points, out)
     model, _, model_key = resolve_model(request.model)
-    if points.suffix.lower() in (".geojson", ".json"):
-        text = read_text(points, what="points file", kind="GeoJSON", error=PointsError)
-        text_digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-        points = geojson_to_csv(points, cache_root() / "fewshot" / "points" / f"{text_digest}.csv")
+    points = _points_csv(points)
     images, aux, taxa, skipped = _samples(request, points)
     if not images:
         raise PointsError(f"no usable point in {request.points}: see the extraction report for why")

@@ -48,6 +48,13 @@ class Head:
     model_key: str
     counts: tuple[int, ...] = ()
     cv_top1: float | None = None
+    #: Whose features the head takes: None for GeoTreeCLIP's location embedding; for SeCo-Eco, the recipe
+    #: (``{"encoder": "seco-eco", "chip": ..., "stride": ..., "season": ...}``) its features were made with.
+    encoder: dict | None = None
+
+    @property
+    def encoder_name(self) -> str:
+        return "geotreeclip" if self.encoder is None else str(self.encoder.get("encoder"))
 
     def __post_init__(self):
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],) \
@@ -157,6 +164,8 @@ def save_head(head: Head, path: str | os.PathLike) -> Path:
         "counts": json.dumps(list(head.counts)),
         "cv_top1": json.dumps(head.cv_top1),
     }
+    if head.encoder is not None:
+        meta["encoder"] = json.dumps(head.encoder, sort_keys=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file({"weight": head.weight.float().contiguous(), "bias": head.bias.float().contiguous()}, str(tmp),
@@ -186,7 +195,8 @@ def load_head(path: str | os.PathLike) -> Head:
         head = Head(kind=meta["kind"], weight=weight, bias=bias, scale=float(meta["scale"]),
                     species=SpeciesList(taxa, name=path.stem), model_key=meta["model_key"],
                     counts=tuple(int(c) for c in json.loads(meta.get("counts", "[]"))),
-                    cv_top1=json.loads(meta.get("cv_top1", "null")))
+                    cv_top1=json.loads(meta.get("cv_top1", "null")),
+                    encoder=json.loads(meta["encoder"]) if "encoder" in meta else None)
     except ModelError:
         raise
     except Exception as exc:  # safetensors header errors, bad JSON, wrong row lengths
