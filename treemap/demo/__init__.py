@@ -1,7 +1,9 @@
 """The offline demo world: a deterministic synthetic Sentinel-2 L2A time series with a known species map.
 
 ``build_world(out_dir, spec)`` writes the world; ``ensure_demo_world(seed)`` builds the default world once into
-the user cache (``$TREEMAP_CACHE`` or ``platformdirs.user_cache_dir("treemap")``) and reuses it. Layout::
+the user cache (``$TREEMAP_CACHE`` or ``platformdirs.user_cache_dir("treemap")``) and reuses it;
+``ensure_demo_world(seed, size=(10, 10))`` (``treemap demo --size 10x10``) does the same for a world of another
+extent in km (:func:`treemap.demo.spec.sized_spec`, for measurements). Layout::
 
     catalog.json                        static STAC catalog (relative hrefs: the folder can be moved)
     sentinel-2-l2a/collection.json      the collection, linking every item

@@ -161,7 +161,7 @@ class Fields:
 
 def fields(spec: WorldSpec, codes: np.ndarray) -> Fields:
     """The 10 m fields of the layers (see the module doc) from the world's truth codes and seed."""
-    m = int(round(_FIELD_MARGIN_M / PIXEL))
+    m = int(round(_field_margin(spec) / PIXEL))
     codes = np.pad(np.asarray(codes, dtype=np.uint8), m, mode="reflect")  # the world's land goes on past its edge
     shape = codes.shape
     elev_pref, wet_pref, rough_pref = _habitat_arrays()
@@ -210,6 +210,25 @@ def _grid(spec: WorldSpec, f: AuxFile) -> tuple[object, int, int]:
     c0, c1 = math.floor(left / r + 1e-9), math.ceil(right / r - 1e-9)
     r0, r1 = math.floor(bottom / r + 1e-9), math.ceil(top / r - 1e-9)
     return Affine(r, 0.0, c0 * r, 0.0, -r, r1 * r), c1 - c0, r1 - r0
+
+
+def _field_margin(spec: WorldSpec) -> float:
+    """How far (m) past the world the 10 m fields must reach: :data:`_FIELD_MARGIN_M`, or more for a large world
+    (``treemap demo --size``), where a layer's grid, turned against UTM (most the Homolosine's), reaches further out
+    than the margin: its envelope in UTM, rounded up to 500 m, plus 500 m."""
+    from rasterio.warp import transform_bounds
+
+    x0, y1 = spec.x_min, spec.y_max
+    x1, y0 = x0 + spec.width_px * PIXEL, y1 - spec.height_px * PIXEL
+    reach = 0.0
+    for f in FILES:
+        transform, w, h = _grid(spec, f)
+        bounds = (transform.c, transform.f + h * transform.e, transform.c + w * transform.a, transform.f)
+        left, bottom, right, top = transform_bounds(f.crs, f"EPSG:{spec.epsg}", *bounds, densify_pts=21)
+        reach = max(reach, x0 - left, right - x1, y0 - bottom, top - y1)
+    if reach < _FIELD_MARGIN_M - 50.0:  # every world of the default size: the fields it always had
+        return _FIELD_MARGIN_M
+    return 500.0 * (math.ceil(reach / 500.0) + 1)
 
 
 def layer_arrays(spec: WorldSpec, codes: np.ndarray) -> dict[str, tuple[np.ndarray, object]]:

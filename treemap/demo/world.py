@@ -23,7 +23,7 @@ from treemap.demo.clouds import CLOUD_SHAPE, CloudModel
 from treemap.demo.layout import STREAM_DATE, Fields, build_fields, build_layout, stream, surface
 from treemap.demo.phenology import METRICS, NODATA, phenology_chunk
 from treemap.demo.spec import (BANDS, BANDS_10M, BANDS_20M, GENERATOR_VERSION, DemoWorld, WorldSpec,
-                               acquisition_dates, days_in_year, processing_baseline, tile_grids)
+                               acquisition_dates, days_in_year, processing_baseline, sized_spec, tile_grids)
 from treemap.durable import gdal_errors, verify_raster
 from treemap.errors import OutputError, WriteError
 
@@ -325,10 +325,17 @@ def build_world(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> DemoWorld
     return _world(out, spec)
 
 
-def ensure_demo_world(seed: int = 0, cache_dir: str | Path | None = None) -> DemoWorld:
-    """The default demo world of ``seed``, cached under ``cache_dir``, ``$TREEMAP_CACHE`` or the user cache folder."""
+def ensure_demo_world(seed: int = 0, cache_dir: str | Path | None = None,
+                      size: tuple[float, float] | None = None) -> DemoWorld:
+    """The default demo world of ``seed``, cached under ``cache_dir``, ``$TREEMAP_CACHE`` or the user cache folder.
+
+    ``size`` (width, height in km; :func:`treemap.demo.spec.sized_spec`) builds a world of another extent, cached
+    in a folder of its own named by its size in 10 m pixels; the default size shares the default world's folder."""
     from treemap.cache import cache_root
 
+    spec = WorldSpec(seed=seed) if size is None else sized_spec(seed, *size)
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    out = root / "demo" / f"world-{GENERATOR_VERSION}-seed{seed}"
-    return build_world(out, WorldSpec(seed=seed))
+    name = f"world-{GENERATOR_VERSION}-seed{seed}"
+    if spec != WorldSpec(seed=seed):
+        name += f"-{spec.width_px}x{spec.height_px}px"
+    return build_world(root / "demo" / name, spec)
