@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from treemap.chips import ChipGrid, embed_chips
-from treemap.cube import ASSETS
 from treemap.grid import Tile, core_mask
 
 __all__ = ["SecoEmbedSpec", "SecoTile", "seco_tile_read", "seco_models", "fine_tile", "seasonal_reflectance",
@@ -169,7 +168,3 @@ def embed_seasonal(seasonal: np.ndarray, tile: Tile, cells: np.ndarray, spec: Se
     out[:, ok] = (values[:, ok] / norm[ok]).astype(np.float32)
     return out
 
-
-def tile_record(inputs: SecoTile) -> dict:
-    return {"scenes": inputs.n_scenes, "assets": inputs.n_scenes * len(ASSETS),
-            "unreadable": [list(u) for u in inputs.unreadable], "dates": int(inputs.dates.shape[0])}
