@@ -48,6 +48,51 @@ def seco_model(tmp_path_factory):
     return save_seco(random_seco(SecoConfig.tiny(), stats, seed=3), path)
 
 
+@pytest.fixture(scope="session")
+def seco_points(small_world, tmp_path_factory):
+    """Two labelled points per tree species of the small world (GeoJSON), and their number."""
+    import numpy as np
+    import rasterio
+    from shapely.geometry import Point
+
+    from treemap.grid import to_crs
+
+    classes = json.loads(small_world.classes.read_text())
+    with rasterio.open(small_world.truth_species) as ds:
+        codes, transform, epsg = ds.read(1), ds.transform, ds.crs.to_epsg()
+    rng = np.random.default_rng(5)
+    feats = []
+    for code, c in classes.items():
+        if c["kind"] != "tree":
+            continue
+        rows, cols = np.nonzero(codes == int(code))
+        for i in rng.choice(rows.size, min(2, rows.size), replace=False):
+            p = to_crs(Point(*(transform * (cols[i] + 0.5, rows[i] + 0.5))), 4326, src_epsg=epsg)
+            feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [p.x, p.y]},
+                          "properties": {"species": c["name"]}})
+    path = tmp_path_factory.mktemp("seco-points") / "labels.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return path, len(feats)
+
+
+@pytest.fixture(scope="session")
+def seco_head(small_world, seco_model, seco_points):
+    """`treemap fewshot --encoder seco-eco` (prototype head, season mean) on the labelled points: its process
+    and JSON summary."""
+    import subprocess
+    import sys
+    from importlib import resources
+
+    taxonomy = resources.files("treemap.data") / "species" / "demo.csv"
+    with resources.as_file(taxonomy) as tax:
+        proc = subprocess.run(
+            [sys.executable, "-m", "treemap", "fewshot", "--encoder", "seco-eco", "--points", str(seco_points[0]),
+             "--model", str(seco_model), "--catalog", str(small_world.catalog), "--year", "2022", "--taxonomy",
+             str(tax), "--kind", "prototype", "--season", "mean", "--json"],
+            capture_output=True, text=True, timeout=900)
+    return proc, (json.loads(proc.stdout) if proc.returncode == 0 else None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's cache: the default demo world lives under a session temp folder."""

@@ -84,16 +84,20 @@ def acquisition_blocks(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL,
         yield chunk, clear_acquisitions(cube, chunk, clear)
 
 
-def monthly_composites(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL) -> tuple[np.ndarray, np.ndarray]:
+def monthly_composites(cube: TileCube, clear: tuple[int, ...] = CLEAR_SCL,
+                       year: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """12 monthly median composites (12, 10, H, W) in GeoTreeCLIP band order, NaN where a month has no clear
     observation; and the count of clear acquisitions per month and pixel (12, H, W) uint16.
 
-    Scenes from several years pool into the month of year they were acquired in.
+    Scenes from several years pool into the month of year they were acquired in, unless ``year`` keeps only the
+    acquisitions of that calendar year.
     """
     h, w = cube.tile.read_shape
     comps = np.full((12, len(MODEL_BANDS), h, w), np.nan, dtype=np.float32)
     counts = np.zeros((12, h, w), dtype=np.uint16)
     groups = acquisitions(cube.scenes)
+    if year is not None:
+        groups = [g for g in groups if g.key[1].year == year]
     for month in range(1, 13):
         month_groups = [g for g in groups if g.key[1].month == month]
         if not month_groups:

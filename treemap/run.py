@@ -19,7 +19,9 @@ import numpy as np
 from treemap.aoi import read_aoi
 from treemap.auxiliary import LayerSet
 from treemap.cube import ASSETS
+from treemap.cache import file_sha256
 from treemap.dates import default_year
+from treemap.embed_seco import SecoEmbedSpec
 from treemap.errors import ModelError
 from treemap.grid import Tile, TilePlan, core_mask, pixel_centres_lonlat, plan_tiles
 from treemap.infer import (InferenceSpec, LoadedModel, ModelRef, check_device, load_model_set, predictors,
@@ -115,10 +117,13 @@ class PredictJob:
     n_scenes: int
     mask: MaskSpec = MaskSpec()
     aux: LayerSet | None = None
+    seco: SecoEmbedSpec | None = None  # a SeCo-Eco head: cells of this recipe (treemap.predict_seco)
 
     def fingerprint(self) -> dict:
         out = {"model": self.keys[0], "species": list(self.species.prompts), "head": self.keys[2],
                "top_k": self.top_k}
+        if self.seco is not None:
+            out["seco"] = self.seco.fingerprint()
         if self.mask.enabled:  # runs without a mask keep the fingerprint they always had
             out["mask"] = self.mask.fingerprint()
         if self.aux:  # likewise runs without auxiliary layers
@@ -126,9 +131,15 @@ class PredictJob:
         return out
 
     def read(self, tile: Tile, scenes: list, local_aoi) -> PreparedTile:
+        if self.seco is not None:
+            from treemap.predict_seco import seco_predict_read
+
+            return seco_predict_read(tile, scenes, local_aoi, self.seco, self.mask)
         return read_prepared(tile, scenes, local_aoi, self.mask, self.aux)
 
     def compute(self, tile: Tile, inputs: PreparedTile) -> TileResult:
+        if self.seco is not None:
+            return self._compute_seco(tile, inputs)
         predictor = predictors.get(self.ref, self.keys, self.spec)
         tree = self.mask.compute(tile, inputs.composites, inputs.counts, inputs.landcover, inputs.valid)
         encode = inputs.valid if tree is None else inputs.valid & (tree != NOT_TREE)  # masked pixels: not encoded
@@ -140,11 +151,32 @@ class PredictJob:
             record["tree_mask"] = {str(v): int(n) for v, n in zip(*np.unique(tree[inputs.valid], return_counts=True))}
         return TileResult(tile_bands(probs, predictor.species, self.top_k, tree), 255, record)
 
+    def _compute_seco(self, tile: Tile, inputs) -> TileResult:
+        from treemap.embed_seco import seco_models
+        from treemap.infer import worker_device
+        from treemap.predict_seco import seco_heads, seco_probabilities, seco_tree_mask
+
+        device = str(InferenceSpec(self.spec.batch_size, worker_device(self.spec.device)).resolve_device())
+        model = seco_models.get(self.ref.model, self.keys[0], device)
+        head = seco_heads.get(self.ref.head, self.keys[2])
+        tree = seco_tree_mask(tile, inputs, self.seco, self.mask)
+        probs = seco_probabilities(tile, inputs, self.seco, model, head, tree, self.spec.batch_size, device)
+        record = {"scenes": inputs.n_scenes, "assets": inputs.n_scenes * len(ASSETS),
+                  "unreadable": [list(u) for u in inputs.unreadable], "dates": int(inputs.seco.dates.shape[0])}
+        if tree is not None:
+            inside = inputs.seco.cells
+            record["tree_mask"] = {str(v): int(n) for v, n in zip(*np.unique(tree[inside], return_counts=True))}
+        return TileResult(tile_bands(probs, self.species, self.top_k, tree), 255, record)
+
     def products(self, plan: TilePlan, records: dict[str, dict]) -> list[ProductSpec]:
         tags = {**run_tags(self.start, self.end, self.n_scenes), **unreadable_tags(unreadable_assets(plan, records))}
         if self.aux:
             tags["TREEMAP_AUX_LAYERS"] = ",".join(self.aux.provided())
             tags["TREEMAP_AUX_CHECKSUM"] = self.aux.checksum()
+        if self.seco is not None:
+            s = self.seco
+            tags.update({"TREEMAP_ENCODER": "seco-eco", "TREEMAP_CHIP": str(s.chip), "TREEMAP_STRIDE": str(s.stride),
+                         "TREEMAP_SEASON": str(s.season), "TREEMAP_PHENOLOGY_YEAR": str(s.year)})
         return species_products(self.species, tags, self.top_k,
                                 self.mask.describe() if self.mask.enabled else None)
 
@@ -154,7 +186,9 @@ class PredictJob:
                 "species_list": str(self.ref.species or "demo"), "species_checksum": self.keys[1],
                 "head": str(self.ref.head) if self.ref.head else None, "head_checksum": self.keys[2],
                 "tree_mask": self.mask.provenance(),
-                "auxiliary": self.aux.provenance() if self.aux else None}
+                "auxiliary": self.aux.provenance() if self.aux else None,
+                "encoder": "geotreeclip" if self.seco is None else "seco-eco",
+                "seco": None if self.seco is None else self.seco.fingerprint()}
 
     def sidecars(self, staged: dict[str, Path], folder: Path, plan: TilePlan, records: dict[str, dict]) -> None:
         """``quicklook.png``: the dominant species with a legend, a scale bar and a north arrow; land the tree mask
@@ -205,10 +239,13 @@ def predict(request: PredictRequest) -> PredictResult:
     check_device(request.device)
     aoi = read_aoi(request.aoi)
     start, end = resolve_dates(request.start, request.end, default_year(request.catalog))
+    ref = request.model_ref()
+    head = seco_head(ref)
+    if head is not None:
+        return predict_with_seco_head(request, ref, head, cluster, aoi)
     out = ensure_writable_dir(Path(request.out))
     with work_lock(out):
         scenes = find_scenes(request.catalog, aoi, start, end, request.max_cloud)
-        ref = request.model_ref()
         loaded = load_model_set(ref)
         check_model(loaded, request.top_k)
         predictors.offer(loaded)
@@ -228,3 +265,47 @@ def predict(request: PredictRequest) -> PredictResult:
     return PredictResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
                          loaded.species.species, tuple(unreadable_assets(plan, result.records)))
 
+
+def seco_head(ref: ModelRef):
+    """The run's head when it was fitted on SeCo-Eco features, else None."""
+    if ref.head is None:
+        return None
+    from treemap.heads import load_head
+
+    head = load_head(ref.head)
+    return head if head.encoder_name == "seco-eco" else None
+
+
+def predict_with_seco_head(request: PredictRequest, ref: ModelRef, head, cluster, aoi) -> PredictResult:
+    """predict on the cells of a SeCo-Eco head (:mod:`treemap.predict_seco`)."""
+    from treemap.dates import check_year
+    from treemap.embed import PHENOLOGY_MARGIN_DAYS
+    from treemap.embed_seco import seco_models
+    from treemap.phenology_run import search_window
+    from treemap.predict_seco import check_request, load_seco_set, seco_head_spec, seco_heads, seco_year
+
+    check_request(request)
+    model, model_key = load_seco_set(ref, head)
+    if request.top_k > len(head.species):
+        raise ModelError(f"--top-k {request.top_k} is more than the {len(head.species)} species of the head")
+    spec = seco_head_spec(head, seco_year(request.start, request.end, default_year(request.catalog)))
+    check_year(spec.year)
+    start, end = search_window(spec.year, PHENOLOGY_MARGIN_DAYS)
+    out = ensure_writable_dir(Path(request.out))
+    with work_lock(out):
+        scenes = find_scenes(request.catalog, aoi, start, end, request.max_cloud)
+        head_key = file_sha256(ref.head)
+        seco_models.offer(model, model_key)
+        seco_heads.offer(head, head_key)
+        plan = plan_tiles(aoi, tile_size=max(1, request.tile_size // spec.stride), halo=spec.plan_halo,
+                          resolution=spec.resolution)
+        log.info("SeCo-Eco head: %g m cells (%d px chips every %d px, season %s, year %d); grid EPSG:%d, %d x %d, "
+                 "%d tile(s)", spec.resolution, spec.chip, spec.stride, spec.season, spec.year, plan.epsg,
+                 plan.width, plan.height, len(plan.tiles))
+        job = PredictJob(ref, (model_key, species_key(head.species), head_key),
+                         InferenceSpec(request.batch_size, request.device), head.species, request.top_k, start, end,
+                         len(scenes), request.mask, None, spec)
+        result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device),
+                         max_unreadable=request.max_unreadable)
+    return PredictResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
+                         head.species.species, tuple(unreadable_assets(plan, result.records)))
