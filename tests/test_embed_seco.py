@@ -137,8 +137,11 @@ def test_bad_seco_input_is_one_line_and_writes_nothing(small_world, embed_aoi, s
     fails("without a SeCo-Eco card", "--model", geotreeclip, *YEAR)
 
 
-def test_fewshot_features_at_a_point_are_its_map_cell(maps, small_world, seco_model):
-    """`treemap fewshot --encoder seco-eco` encodes a point as the cell that contains it: the same vector as the map."""
+def test_fewshot_features_at_a_point_are_its_map_cell(maps, small_world, seco_model, tmp_path, monkeypatch):
+    """`treemap fewshot --encoder seco-eco` encodes a point as the cell that contains it: the same vector as the map;
+    a second time from the cache, without reading imagery, to the same bits."""
+    import treemap.fewshot_seco as fewshot_seco
+
     from pyproj import Transformer
 
     from treemap.embed_seco import SecoEmbedSpec
@@ -159,8 +162,22 @@ def test_fewshot_features_at_a_point_are_its_map_cell(maps, small_world, seco_mo
         x, y = t * (c + 0.3, r + 0.8)
         lon, lat = to_lonlat.transform(x, y)
         points.append(Point(n + 1, f"p{n}", lon, lat, 2022, (("level3_species", "x"),)))
-    features, used, skipped = point_features(points, open_catalog(str(small_world.catalog)), SecoEmbedSpec(),
-                                             load_seco(seco_model))
+    monkeypatch.setenv("TREEMAP_CACHE", str(tmp_path / "cache"))
+    model, catalog = load_seco(seco_model), open_catalog(str(small_world.catalog))
+    features, used, skipped = point_features(points, catalog, SecoEmbedSpec(), model)
     assert used == [0, 1, 2] and not skipped
     for (r, c), f in zip(picks, features):
         np.testing.assert_allclose(f, cells[:, r, c], atol=2e-5)
+
+    assert len(list((tmp_path / "cache" / "fewshot-seco").glob("*.npz"))) == 3
+
+    def no_reads(*args):
+        raise AssertionError("imagery read although the cells are cached")
+
+    monkeypatch.setattr(fewshot_seco, "seco_tile_read", no_reads)
+    again, used, _ = point_features(points, catalog, SecoEmbedSpec(season=1), model)  # another season: same chips
+    assert used == [0, 1, 2]
+    cached, _, _ = point_features(points, catalog, SecoEmbedSpec(), model)
+    assert np.array_equal(cached, features) and not np.array_equal(again, features)
+    with pytest.raises(AssertionError, match="imagery read"):  # another index is another key
+        point_features(points[:1], catalog, SecoEmbedSpec(index="ndvi"), model)

@@ -43,7 +43,8 @@ def cli(verbose: int, quiet: bool) -> None:
               help="Pixels per encoder batch.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--head", type=click.Path(path_type=Path),
-              help="A few-shot head file (treemap fewshot) fitted on --model: maps the head's species.")
+              help="A few-shot head file (treemap fewshot) fitted on --model: maps the head's species (a SeCo-Eco "
+                   "head on its own cells of stride x 10 m, for --year).")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(0, 20),
               help="Also write top_species.tif: the k most probable species per pixel and their probabilities.")
 @click.option("--mask", "mask", default="builtin", show_default=True, metavar="builtin|none|RASTER",

@@ -5,6 +5,14 @@ on the CRS's ``10 x stride`` m grid of the point's UTM zone, read as a one-cell 
 phenology and seasonal composites of the point's year (:mod:`treemap.embed_seco`). So a head fitted on these
 features sees exactly what it will see in an embedding map made with the same chip, stride and season. Points in
 the same cell and year share one computation.
+
+Cache. Reading a cell's series and fitting its phenology is nearly all of the cost and does not depend on the
+model, the season or the kind of head, so a cell's seasonal reflectance (int16 in the 1e-4 steps of
+``seasonal_composites.tif``: stored exactly) is kept under ``$TREEMAP_CACHE/fewshot-seco/``. Its key is a SHA-256
+of the cell (EPSG, bounds), the year, the recipe parts that shape the reflectance (chip, stride, index, minimum
+observations), every scene used (id, asset hrefs, scale and offset) and treemap's version; a read with unreadable
+assets is not cached, so a flaky server never freezes a gap. Fitting heads of several models or seasons on the same
+points reads the imagery once.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ log = logging.getLogger("treemap.fewshot")
 
 #: Days searched either side of a point's year, as ``treemap embed --encoder seco-eco`` does.
 MARGIN_DAYS = 183
+#: Bumped when what the cache holds changes meaning.
+CACHE_FORMAT = 1
 
 
 def cell_tile(lon: float, lat: float, spec: SecoEmbedSpec):
@@ -73,8 +83,7 @@ def point_chips(points: list[Point], catalog, spec: SecoEmbedSpec) -> tuple[list
             value: PointChips | str = "no_scenes"
             if scenes:
                 try:
-                    inputs = seco_tile_read(tile, scenes, footprint, year_spec)
-                    value = PointChips(tile, seasonal_reflectance(inputs, year_spec), year_spec)
+                    value = PointChips(tile, cached_seasonal(tile, scenes, footprint, year_spec), year_spec)
                 except NoSceneReachesTile:
                     pass
             cache[key] = value
@@ -86,6 +95,53 @@ def point_chips(points: list[Point], catalog, spec: SecoEmbedSpec) -> tuple[list
         chips.append(value)
         used.append(i)
     return chips, used, skipped
+
+
+def chips_key(tile, scenes: list, spec: SecoEmbedSpec) -> str:
+    """The cache key of a cell's seasonal reflectance (see the module doc)."""
+    import hashlib
+    import json
+
+    from treemap import __version__
+
+    doc = {"version": __version__, "format": CACHE_FORMAT, "epsg": tile.epsg, "bounds": list(tile.core_bounds),
+           "year": spec.year, "chip": spec.chip, "stride": spec.stride, "index": spec.index,
+           "min_observations": spec.min_observations,
+           "scenes": sorted([s.id, sorted(s.bands.items()), s.scale, s.offset] for s in scenes)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cached_seasonal(tile, scenes: list, footprint, spec: SecoEmbedSpec) -> np.ndarray:
+    """The cell's seasonal reflectance (:func:`treemap.embed_seco.seasonal_reflectance`), from the cache when a
+    run before has made it from the same scenes."""
+    import io
+
+    from treemap.cache import cache_root
+    from treemap.durable import atomic_write_bytes
+    from treemap.outputs import NODATA_I16
+    from treemap.phenology_run import LEVEL_SCALE, encode_reflectance
+
+    path = cache_root() / "fewshot-seco" / f"{chips_key(tile, scenes, spec)}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                stored = f["seasonal"]
+            out = stored.astype(np.float32) * np.float32(LEVEL_SCALE)
+            out[stored == NODATA_I16] = np.nan
+            return out
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cached chips %s unreadable (%s): made again", path.name, exc)
+    inputs = seco_tile_read(tile, scenes, footprint, spec)
+    seasonal = seasonal_reflectance(inputs, spec)
+    if not inputs.unreadable:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, seasonal=encode_reflectance(seasonal))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError as exc:
+            log.warning("cannot cache chips under %s (%s)", path.parent, exc.strerror or exc)
+    return seasonal
 
 
 def point_features(points: list[Point], catalog, spec: SecoEmbedSpec, model, batch_size: int = 256,

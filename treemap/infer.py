@@ -334,9 +334,8 @@ def load_model_set(ref: ModelRef) -> LoadedModel:
             raise ModelError("--head classifies the species it was fitted on: leave out --species")
         head = load_head(ref.head)
         if head.encoder_name != "geotreeclip":
-            raise ModelError(f"head {ref.head} was fitted on {head.encoder_name} features; predict maps with "
-                             f"GeoTreeCLIP heads only (map its features with `treemap embed --encoder "
-                             f"{head.encoder_name}`)")
+            raise ModelError(f"head {ref.head} was fitted on {head.encoder_name} features, not on a GeoTreeCLIP "
+                             f"model's (treemap.predict_seco maps it)")
     species_ref = ref.species if ref.species is not None else ("demo" if ref.demo_defaults else None)
     if species_ref is None and head is None:
         raise ModelError("--species is required: a CSV with level0, level1_family, level2_genus, level3_species")
