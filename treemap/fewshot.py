@@ -8,9 +8,9 @@ set's variables, :mod:`treemap.auxiliary`; map with the same ``--aux``), and a h
 (:mod:`treemap.heads`) is fitted on the embeddings. ``treemap predict --head FILE`` then maps the head's species.
 
 With ``--encoder seco-eco`` the features are instead those of the SeCo-Eco model at each point's cell, made exactly
-as ``treemap embed --encoder seco-eco`` makes a map cell (:mod:`treemap.fewshot_seco`; the imagery part cached per cell), so the two
-encoders can be compared on the same labelled points through the cross-validated top-1. The head records the
-chip, stride and season; ``predict`` refuses it (it maps GeoTreeCLIP heads only).
+as ``treemap embed --encoder seco-eco`` makes a map cell (:mod:`treemap.fewshot_seco`; the imagery part is cached
+per cell), so the two encoders can be compared on the same labelled points through the cross-validated top-1. The
+head records the chip, stride and season; ``predict`` maps it on those cells (:mod:`treemap.predict_seco`).
 """
 
 from __future__ import annotations
