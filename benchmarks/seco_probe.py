@@ -2,6 +2,7 @@
 band means, probed on the demo world's tree species.
 
     python benchmarks/seco_probe.py [--world-seed 0] [--seeds 0 1 2] [--steps 5000] [--cache DIR]
+                                    [--pretrain-on composites|samples]
 
 1. Data. The demo world of ``--world-seed`` (``treemap.demo.ensure_demo_world``) and ``treemap phenology
    --catalog demo --aoi <the whole world> --year 2022 --seasonal`` (the real command, one worker) for its
@@ -22,7 +23,12 @@ band means, probed on the demo world's tree species.
    patches of the whole world's composites every ``--pretrain-stride`` px, for ``--steps`` steps (batch
    ``--batch-size``, queue ``--queue-size``, lr ``--lr``, key momentum ``--key-momentum``; all other settings are
    the recipe defaults). Pretraining sees no labels, but it does see the test half's pixels (as self-supervised
-   pretraining on the map's own region would). Then ``train.probe.probe`` (what ``treemap train probe`` runs) on
+   pretraining on the map's own region would). With ``--pretrain-on samples`` the pretraining locations come from
+   ``treemap train sample`` instead (SSL4Eco sampling, the real command: one ``--pretrain-patch`` px patch per grid
+   node every ``--sample-spacing-km``, four phenological seasons, one scene each, over the world less a 100 m
+   margin, no land mask; cached under ``--cache`` like the phenology run) read by ``train.seco_samples.
+   read_samples``, as ``treemap train seco-eco --samples`` reads them. Then ``train.probe.probe`` (what ``treemap
+   train probe`` runs) on
    the frozen features of three encoders:
 
    - ``seco``: the pretrained backbone;
@@ -40,8 +46,9 @@ Prints one JSON line:
 
 * ``task``: world seed, patch size, purity rule, split, ``train_per_class`` / ``test_per_class`` (west / east
   halves), the species left out;
-* ``pretrain``: the settings, ``locations`` (pretraining patches), per-seed ``seconds`` and first/last-50-step mean
-  ``loss``;
+* ``pretrain``: the settings, ``on`` (``composites`` or ``samples``; with samples ``sample_spacing_km``,
+  ``sample_seconds`` (null when cached) and ``sample_index`` counts), ``locations`` (pretraining patches), per-seed
+  ``seconds`` and first/last-50-step mean ``loss``;
 * ``per_seed``: per seed, per season mode (``mean``, ``concat``, the one season) and encoder: ``knn`` and
   ``linear`` accuracy (the mean of the two directions; stderr gets each seed's figures per direction, with the
   linear probe's best epoch, as it finishes);
@@ -159,16 +166,51 @@ def species_task(world, composites: Path, patch: int, purity: float, min_per_cla
             "test_per_class": {n: int(((y == i) & (side == 1)).sum()) for i, n in enumerate(names)}}
 
 
+def sample_folder(world, args, cache: Path) -> tuple[Path, float | None, dict]:
+    """``treemap train sample`` over the world (less a 100 m margin) with ``--pretrain-patch`` px patches every
+    ``--sample-spacing-km``; cached (the command resumes, so a finished folder costs a second)."""
+    from shapely.geometry import box
+
+    from treemap.grid import to_crs
+
+    s = world.spec
+    folder = cache / f"world-{args.world_seed}" / f"samples-{args.sample_spacing_km:g}km-{args.pretrain_patch}px"
+    folder.mkdir(parents=True, exist_ok=True)
+    margin = 100.0
+    local = box(s.x_min + margin, s.y_max - s.height_px * 10 + margin, s.x_min + s.width_px * 10 - margin,
+                s.y_max - margin)
+    aoi = folder.parent / "sample-aoi.geojson"
+    aoi.write_text(json.dumps({"type": "Feature", "properties": {},
+                               "geometry": to_crs(local, 4326, src_epsg=s.epsg).__geo_interface__}))
+    out = folder / "out"
+    finished = (out / "index.jsonl").exists() and not (out / ".treemap-work").exists()
+    catalog = "demo" if args.world_seed == 0 else str(world.catalog)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "treemap", "train", "sample", "--catalog", catalog, "--aoi", str(aoi),
+                           "--start", f"{s.year}-01-01", "--end", f"{s.year}-12-31", "--spacing-km",
+                           str(args.sample_spacing_km), "--patch-size", str(args.pretrain_patch), "--out", str(out),
+                           "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"treemap train sample failed: {proc.stderr.strip().splitlines()[-1:]}")
+    summary = json.loads(proc.stdout)
+    counts = {k: summary[k] for k in ("locations", "done", "dropped", "failed")}
+    return out, None if finished else time.perf_counter() - t0, counts
+
+
 # -- pretraining and probes -------------------------------------------------------------------------------------------
-def pretrain(composites: Path, args, seed: int, out: Path) -> dict:
+def pretrain(composites: Path, args, seed: int, out: Path, samples: Path | None = None) -> dict:
     import torch
 
     from train.seco_moco import SecoTrainConfig
     from train.seco_patches import read_patches
+    from train.seco_samples import read_samples
     from train.seco_train import train
     from treemap.models.seco import SecoConfig
 
-    locations = read_patches(composites, args.pretrain_patch, args.pretrain_stride)
+    if samples is not None:
+        locations = read_samples(samples, args.pretrain_patch)
+    else:
+        locations = read_patches(composites, args.pretrain_patch, args.pretrain_stride)
     config = SecoTrainConfig(steps=args.steps, batch_size=args.batch_size, queue_size=args.queue_size, lr=args.lr,
                              key_momentum=args.key_momentum, seed=seed, log_every=0)
     torch.set_num_threads(1)
@@ -234,6 +276,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--key-momentum", type=float, default=0.99)
     ap.add_argument("--pretrain-patch", type=int, default=16)
     ap.add_argument("--pretrain-stride", type=int, default=8)
+    ap.add_argument("--pretrain-on", choices=("composites", "samples"), default="composites",
+                    help="pretraining locations: patches of the world's seasonal composites, or the shards of "
+                         "treemap train sample over the world")
+    ap.add_argument("--sample-spacing-km", type=float, default=0.4, help="--pretrain-on samples: grid spacing")
     ap.add_argument("--patch", type=int, default=16, help="edge of a probe patch (px)")
     ap.add_argument("--purity", type=float, default=0.6, help="share of a patch its species must cover")
     ap.add_argument("--min-per-class", type=int, default=3, help="patches a species needs in each half")
@@ -255,13 +301,17 @@ def main(argv: list[str] | None = None) -> dict:
     task = species_task(world, composites, args.patch, args.purity, args.min_per_class)
     t_data = time.perf_counter() - t_start
     seasons = ["mean"] + ([] if args.no_concat else ["concat"]) + ([args.one_season] if args.one_season else [])
+    samples, sample_seconds, sample_index = None, None, None
+    if args.pretrain_on == "samples":
+        samples, sample_seconds, sample_index = sample_folder(world, args, cache)
 
     per_seed, t_pretrain, t_probe = [], 0.0, 0.0
     for seed in args.seeds:
-        model_dir = cache / f"world-{args.world_seed}" / f"seco-seed{seed}-steps{args.steps}"
+        on = "" if samples is None else f"-samples{args.sample_spacing_km:g}km"
+        model_dir = cache / f"world-{args.world_seed}" / f"seco-seed{seed}-steps{args.steps}{on}"
         for stale in (model_dir / "checkpoint.pt", model_dir / "metrics.jsonl"):
             stale.unlink(missing_ok=True)  # a fresh run every time: the timing is part of the result
-        run = pretrain(composites, args, seed, model_dir)
+        run = pretrain(composites, args, seed, model_dir, samples)
         t_pretrain += run["seconds"]
         t0 = time.perf_counter()
         probes = probe_all(task, model_dir / "seco.safetensors", seed, seasons, not args.one_way)
@@ -279,9 +329,14 @@ def main(argv: list[str] | None = None) -> dict:
                  "classes": len(task["classes"]), "train_per_class": task["train_per_class"],
                  "test_per_class": task["test_per_class"], "left_out": task["left_out"],
                  "chance": round(1 / len(task["classes"]), 4)},
-        "pretrain": {"steps": args.steps, "batch_size": args.batch_size, "queue_size": args.queue_size, "lr": args.lr,
+        "pretrain": {"on": args.pretrain_on,
+                     **({} if samples is None else {"sample_spacing_km": args.sample_spacing_km,
+                                                    "sample_seconds": None if sample_seconds is None
+                                                    else round(sample_seconds, 1), "sample_index": sample_index}),
+                     "steps": args.steps, "batch_size": args.batch_size, "queue_size": args.queue_size, "lr": args.lr,
                      "key_momentum": args.key_momentum, "patch": args.pretrain_patch,
-                     "stride": args.pretrain_stride, "locations": per_seed[0]["locations"], "model": "SecoConfig.tiny()",
+                     "stride": None if samples is not None else args.pretrain_stride,
+                     "locations": per_seed[0]["locations"], "model": "SecoConfig.tiny()",
                      "seconds": [s["pretrain_seconds"] for s in per_seed],
                      "loss_first50": [s["loss_first50"] for s in per_seed],
                      "loss_last50": [s["loss_last50"] for s in per_seed]},

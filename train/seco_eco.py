@@ -1,12 +1,17 @@
-"""SeCo-Eco pretraining: seasonal contrast (MoCo v2) on patches of phenological seasonal composites.
+"""SeCo-Eco pretraining: seasonal contrast (MoCo v2) on patches of phenological seasonal composites or on the
+shards of a treemap train sample folder.
 
     python -m train.seco_eco --composites DIR/seasonal_composites.tif --out runs/x [--steps N] [--tiny] ...
+    python -m train.seco_eco --samples SAMPLE_DIR --out runs/x ...   (a treemap train sample folder)
     treemap train seco-eco ...  (the same program)
 
 * Data (:func:`read_patches`): ``treemap phenology --seasonal`` writes ``seasonal_composites.tif`` (int16, nodata
   -32768, scale 1e-4, 40 bands = 4 seasons x 10 bands). It is cut into square patches (a location = a patch); a
   season of a patch is usable when at least ``min_valid`` of its pixels have all 10 bands; patches with fewer than
   2 usable seasons are dropped (a location needs two images).
+* Or (:func:`train.seco_samples.read_samples`, ``--samples``): the output folder of ``treemap train sample``
+  (SSL4Eco sampling), one location per ``done`` shard, the middle ``--patch-size`` pixels of its patch, clouds
+  masked, the seasons without a scene invalid, and the sampler's location weight kept.
 * Sampling (:func:`location_weights`): locations are drawn with replacement, weight 1/4 where the mean NDVI is below
   0.1 in every usable season (bare ground, water, snow), 1 elsewhere. The mountain weight (x2) of SSL4Eco needs an
   elevation input, which this data source does not have, so it is not applied.
@@ -45,6 +50,7 @@ from train.seco_patches import (
     LOW_NDVI, LOW_NDVI_WEIGHT, NODATA, SCALE, SeasonalPatches, augment, location_weights, make_patches,
     prepare_inputs, read_patches, season_mean_ndvi, season_pairs, usable_seasons,
 )
+from train.seco_samples import read_samples
 from train.seco_train import _save_checkpoint, train
 from treemap.errors import SecoDataError, TreemapError
 from treemap.models.seco import SecoConfig
@@ -53,6 +59,8 @@ __all__ = [
     # train.seco_patches
     "LOW_NDVI", "LOW_NDVI_WEIGHT", "NODATA", "SCALE", "SeasonalPatches", "augment", "location_weights",
     "make_patches", "prepare_inputs", "read_patches", "season_mean_ndvi", "season_pairs", "usable_seasons",
+    # train.seco_samples
+    "read_samples",
     # train.seco_moco
     "CHECKPOINT_VERSION", "SecoTrainConfig", "SecoTrainer",
     # train.seco_train
@@ -72,10 +80,16 @@ def build_parser(prog: str = "python -m train.seco_eco") -> argparse.ArgumentPar
     from train import Parser
 
     p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("--composites", required=True, help="seasonal_composites.tif from treemap phenology --seasonal")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--composites", help="seasonal_composites.tif from treemap phenology --seasonal")
+    source.add_argument("--samples", metavar="DIR",
+                        help="the --out folder of treemap train sample: its done locations' shards")
     p.add_argument("--out", required=True, help="output folder (seco.safetensors, metrics.jsonl, checkpoint.pt)")
-    p.add_argument("--patch-size", type=int, default=64, help="edge of a location's square patch in pixels")
-    p.add_argument("--stride", type=int, default=None, help="patch stride in pixels (default: the patch size)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="edge of a location's square patch in pixels (default 64; --samples: the middle of each "
+                        "shard's patch, default its own size up to 64)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="--composites: patch stride in pixels (default: the patch size)")
     p.add_argument("--min-valid", type=float, default=0.5,
                    help="share of a patch's pixels that must have all bands for a season to be usable")
     p.add_argument("--tiny", action="store_true", help="tiny ResNet (smoke runs on a CPU)")
@@ -99,8 +113,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                                   "checkpoint_every", "lr", "key_momentum", "temperature",
                                                   "weight_decay", "noise")}
         config = replace(SecoTrainConfig(), **fields)
-        patches = read_patches(args.composites, args.patch_size, args.stride, args.min_valid)
-        log.info("%d locations from %s", len(patches), args.composites)
+        if args.samples is not None:
+            if args.stride is not None:
+                p.error("--stride applies to --composites only (--samples takes one patch per location)")
+            patches = read_samples(args.samples, args.patch_size, args.min_valid)
+            log.info("%d locations (%d px patches) from %s", len(patches), patches.reflectance.shape[-1],
+                     args.samples)
+        else:
+            patches = read_patches(args.composites, args.patch_size or 64, args.stride, args.min_valid)
+            log.info("%d locations from %s", len(patches), args.composites)
         train(patches, config, SecoConfig.tiny() if args.tiny else SecoConfig(), args.out)
     except TreemapError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)

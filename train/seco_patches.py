@@ -29,11 +29,15 @@ LOW_NDVI_WEIGHT = 0.25
 @dataclass(frozen=True)
 class SeasonalPatches:
     """Locations for pretraining: ``reflectance`` (N, 4, 10, P, P) float32 (NaN = missing) in ``SEASONS`` x
-    ``BAND_ORDER`` order, ``valid`` (N, 4) usable seasons, ``origins`` (N, 2) row/column of each patch."""
+    ``BAND_ORDER`` order, ``valid`` (N, 4) usable seasons, ``origins`` (N, 2) row/column of each patch (grid node
+    i/j for a sample folder). Optional: ``weights`` (N,) sampling weights given with the data (a sample folder's;
+    NaN = not given), which :func:`location_weights` keeps, and ``ids`` (N,) location names."""
 
     reflectance: np.ndarray
     valid: np.ndarray
     origins: np.ndarray
+    weights: np.ndarray | None = None
+    ids: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.reflectance.shape[0])
@@ -108,10 +112,19 @@ def season_mean_ndvi(patches: SeasonalPatches) -> np.ndarray:
 
 
 def location_weights(patches: SeasonalPatches) -> np.ndarray:
-    """Sampling weight per location: 1/4 where mean NDVI < 0.1 in all usable seasons, else 1."""
+    """Sampling weight per location: 1/4 where mean NDVI < 0.1 in all usable seasons, else 1; where the patches
+    carry their own weight (``patches.weights``, e.g. the sampler's, finite), that weight wins."""
     ndvi = season_mean_ndvi(patches)
     low = np.where(patches.valid, ndvi < LOW_NDVI, True).all(axis=1)
-    return np.where(low, LOW_NDVI_WEIGHT, 1.0)
+    computed = np.where(low, LOW_NDVI_WEIGHT, 1.0)
+    if patches.weights is None:
+        return computed
+    given = np.asarray(patches.weights, dtype=np.float64)
+    if given.shape != computed.shape:
+        raise SecoDataError(f"{given.shape[0] if given.ndim else 0} location weights for {len(patches)} locations")
+    if bool((given[np.isfinite(given)] <= 0).any()):
+        raise SecoDataError("location weights must be positive")
+    return np.where(np.isfinite(given), given, computed)
 
 
 def season_pairs(valid: Tensor, generator: torch.Generator) -> Tensor:
