@@ -96,7 +96,23 @@ def stac_api_io(settings: HttpSettings | None = None, headers: dict[str, str] | 
 # --- reads -----------------------------------------------------------------------------------------------------------
 
 def gdal_config(settings: HttpSettings | None = None) -> dict[str, str]:
-    """GDAL configuration options for reading COGs over HTTP(S)."""
+    """GDAL configuration options for reading COGs over HTTP(S): every setting treemap gives GDAL, in one place.
+
+    * ``GDAL_HTTP_MAX_RETRY``, ``GDAL_HTTP_RETRY_DELAY``, ``GDAL_HTTP_RETRY_CODES``: GDAL's own retries of a failed
+      request (``TREEMAP_HTTP_RETRIES``, ``TREEMAP_HTTP_BACKOFF``); 429 and 5xx answers are worth asking again.
+    * ``GDAL_HTTP_TIMEOUT``, ``GDAL_HTTP_CONNECTTIMEOUT``: a stalled server fails the request instead of the run.
+    * ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: without it, opening ``/vsicurl/.../B04.tif`` first lists the
+      "directory" to look for sidecars (``.aux.xml``, ``.ovr``): an extra request per file that object stores answer
+      slowly or with an error.
+    * ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS``: GDAL probes only files with raster extensions, never sidecars.
+    * ``GDAL_HTTP_MULTIRANGE``, ``GDAL_HTTP_MERGE_CONSECUTIVE_RANGES``: the tiles of one window come in one request
+      (ranges of neighbouring COG tiles merged) rather than one request per 512 px tile.
+    * HTTP/2 multiplexing: GDAL's default ``GDAL_HTTP_VERSION`` (``2TLS``) already uses HTTP/2 over TLS when libcurl
+      has it, so the requests of one host share a connection; left as it is (forcing 2 on cleartext HTTP would send
+      ``Upgrade: h2c`` to servers that do not expect it).
+    * Block cache: GDAL's default (5 % of memory) is kept; a tile reads each window once, so a larger cache would
+      not be hit again.
+    """
     s = settings or HttpSettings.from_env()
     return {
         "GDAL_HTTP_MAX_RETRY": str(s.retries),
@@ -232,8 +248,9 @@ def asset_fault(url: str, gdal_env=None) -> str | None:
 
 class SkippingReader:
     """A stackstac ``Reader`` (``stackstac.stack(..., reader=SkippingReader)``) that reads like stackstac's own
-    ``AutoParallelRioReader``, which it wraps, except that an asset that cannot be read is read as nodata and
-    recorded (:func:`unreadable_assets`) instead of failing the whole computation.
+    ``AutoParallelRioReader`` (through :class:`treemap.gridread.GridReader`, which reads assets on the tile's
+    lattice without a warp and hands the rest to stackstac's reader), except that an asset that cannot be read is
+    read as nodata and recorded (:func:`unreadable_assets`) instead of failing the whole computation.
 
     An exception from opening or reading the asset makes it unreadable when it is a GDAL/rasterio or OS error
     (:func:`is_read_error`), or, whatever its class, when :func:`asset_fault` then finds the file broken; anything
@@ -267,15 +284,14 @@ class SkippingReader:
 
     def __init__(self, *, url: str, spec, resampling, dtype, fill_value, scale_offset, gdal_env=None,
                  errors_as_nodata: tuple = ()) -> None:
-        from stackstac.rio_reader import AutoParallelRioReader
+        from treemap.gridread import GridReader
 
         self.url = url
         self.dtype = dtype
         self.fill_value = fill_value
         self.gdal_env = gdal_env
-        self._inner = AutoParallelRioReader(url=url, spec=spec, resampling=resampling, dtype=dtype,
-                                            fill_value=fill_value, scale_offset=scale_offset, gdal_env=gdal_env,
-                                            errors_as_nodata=errors_as_nodata)
+        self._inner = GridReader(url=url, spec=spec, resampling=resampling, dtype=dtype, fill_value=fill_value,
+                                 scale_offset=scale_offset, gdal_env=gdal_env, errors_as_nodata=errors_as_nodata)
         self._lock = threading.Lock()
         self._read_once = False
         self._failed: str | None = None

@@ -66,14 +66,14 @@ def test_every_kind_of_broken_asset_is_nodata_with_a_warning(tmp_path, caplog):
 
 def test_a_bug_is_not_mistaken_for_a_broken_file(tmp_path, monkeypatch):
     """An exception that is not a read error, from a file that is sound, propagates."""
-    from stackstac.rio_reader import AutoParallelRioReader
+    from treemap.gridread import GridReader
 
     item = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "s", _source_pixels(6))
 
     def broken(self, window, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(AutoParallelRioReader, "read", broken)
+    monkeypatch.setattr(GridReader, "read", broken)
     cube = TileCube([normalise_item(item)], _tile())
     with pytest.raises(ZeroDivisionError, match="a bug"):
         cube.load([0])
@@ -105,16 +105,16 @@ def test_reader_pickles_and_reads_the_same_after(tmp_path):
 
 def test_an_asset_that_fails_is_not_tried_again(tmp_path, monkeypatch):
     """GDAL has already retried a file that fails on its first read: later windows are nodata at once."""
-    from stackstac.rio_reader import AutoParallelRioReader
+    from treemap.gridread import GridReader
 
     calls = []
-    original = AutoParallelRioReader.read
+    original = GridReader.read
 
     def counting(self, window, **kwargs):
         calls.append(window)
         return original(self, window, **kwargs)
 
-    monkeypatch.setattr(AutoParallelRioReader, "read", counting)
+    monkeypatch.setattr(GridReader, "read", counting)
     missing = str(tmp_path / "missing.tif")
     reader = _reader(missing)
     for window in (Window(0, 0, 8, 8), Window(8, 8, 8, 8), Window(0, 8, 8, 4)):
@@ -129,13 +129,13 @@ def test_an_asset_that_fails_is_not_tried_again(tmp_path, monkeypatch):
 def test_an_asset_that_fails_once_is_read_on_the_second_pass(tmp_path, monkeypatch, caplog):
     """A read failure of one asset that clears up later (a server that was down for a moment) is read again after
     the cube's other assets, so the cube holds the real pixels and names nothing unreadable."""
-    from stackstac.rio_reader import AutoParallelRioReader
+    from treemap.gridread import GridReader
 
     monkeypatch.setenv("TREEMAP_HTTP_BACKOFF", "0")
     pixels = _source_pixels(8)
     item = _item_on_local_cogs(features("earth-search-v1")[0], tmp_path / "s", pixels)
     flaky = item["assets"]["red"]["href"]
-    original = AutoParallelRioReader.read
+    original = GridReader.read
     failures = []
 
     def once(self, window, **kwargs):
@@ -144,7 +144,7 @@ def test_an_asset_that_fails_once_is_read_on_the_second_pass(tmp_path, monkeypat
             raise rasterio.errors.RasterioIOError("HTTP response code: 503")
         return original(self, window, **kwargs)
 
-    monkeypatch.setattr(AutoParallelRioReader, "read", once)
+    monkeypatch.setattr(GridReader, "read", once)
     caplog.set_level(logging.INFO, logger="treemap")
     cube = TileCube([normalise_item(item)], _tile())
     dn, _ = cube.load([0])
