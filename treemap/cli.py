@@ -397,7 +397,7 @@ def model_info(path):
 TRAIN_COMMANDS = {
     "geotreeclip": ("train.geotreeclip", "Pretrain GeoTreeCLIP on GlobalGeoTree-format shards."),
     "evaluate": ("train.evaluate", "Zero- and few-shot accuracy of a GeoTreeCLIP model."),
-    "seco-eco": ("train.seco_eco", "Pretrain SeCo-Eco on phenology seasonal composites or train sample shards."),
+    "seco-eco": ("train.seco_eco", "Pretrain SeCo-Eco on seasonal composites or sample shards."),
     "probe": ("train.probe", "Probe frozen encoder features: k-NN and a linear probe."),
     "sample": ("train.sample", "SSL4Eco sampling: locations, seasons, scenes, patch shards."),
     "demo-model": ("train.demo_model", "Rebuild the shipped demo models from the offline demo world."),
