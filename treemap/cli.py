@@ -56,12 +56,14 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--aux", "aux", type=click.Path(path_type=Path), metavar="LAYERS.yaml",
               help="Auxiliary layers (elevation, SoilGrids, WorldClim BIO): a YAML file naming a raster per "
                    "variable; without it the model gets longitude and latitude only.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the location encoder: slower start (tens of seconds), faster batches on large runs.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
 @max_unreadable_option
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the product paths.")
 def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, species, batch_size, device, head,
-            top_k, mask, mask_classes, aux, keep_work, max_unreadable, workers, scheduler, as_json):
+            top_k, mask, mask_classes, aux, compile_, keep_work, max_unreadable, workers, scheduler, as_json):
     """Map species probabilities over an AOI; prints the paths of the COGs written."""
     from treemap.masking import mask_spec
     from treemap.run import PredictRequest, predict as run_predict
@@ -77,7 +79,7 @@ def predict(aoi, out, catalog, start, end, year, max_cloud, tile_size, model, sp
         aoi=aoi, out=out, catalog=catalog, start=start, end=end, max_cloud=max_cloud, tile_size=tile_size,
         model=model, species=species, batch_size=batch_size, device=device, keep_work=keep_work, head=head,
         top_k=top_k, scheduler=scheduler, workers=workers, max_unreadable=max_unreadable, mask=mask,
-        aux=layers))
+        aux=layers, compile=compile_))
     print_products(result, as_json)
 
 

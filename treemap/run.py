@@ -66,6 +66,7 @@ class PredictRequest:
     max_unreadable: float = DEFAULT_MAX_UNREADABLE  # a tile with more unreadable assets fails
     mask: MaskSpec = field(default_factory=MaskSpec)  # how non-tree land is masked (treemap.masking)
     aux: LayerSet | None = None  # auxiliary layers (treemap.auxiliary): elevation, climate, soil
+    compile: bool = False  # torch.compile the GeoTreeCLIP location encoder
 
     def cluster(self) -> ClusterSpec:
         return ClusterSpec(scheduler=self.scheduler, workers=self.workers)
@@ -124,6 +125,8 @@ class PredictJob:
                "top_k": self.top_k}
         if self.seco is not None:
             out["seco"] = self.seco.fingerprint()
+        if self.spec.compile:  # compiled kernels may round differently: not mixed with eager tiles on resume
+            out["compile"] = True
         if self.mask.enabled:  # runs without a mask keep the fingerprint they always had
             out["mask"] = self.mask.fingerprint()
         if self.aux:  # likewise runs without auxiliary layers
@@ -258,8 +261,8 @@ def predict(request: PredictRequest) -> PredictResult:
         else:
             log.info("no auxiliary layers (--aux): the model gets longitude and latitude only")
         job = PredictJob(ref, (loaded.model_key, species_key(loaded.species), loaded.head_key),
-                         InferenceSpec(request.batch_size, request.device), loaded.species, request.top_k, start,
-                         end, len(scenes), request.mask, request.aux)
+                         InferenceSpec(request.batch_size, request.device, request.compile), loaded.species,
+                         request.top_k, start, end, len(scenes), request.mask, request.aux)
         result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device),
                          max_unreadable=request.max_unreadable)
     return PredictResult(result.products, plan.epsg, plan.bounds, len(plan.tiles), len(scenes), start, end,
@@ -285,6 +288,8 @@ def predict_with_seco_head(request: PredictRequest, ref: ModelRef, head, cluster
     from treemap.predict_seco import check_request, load_seco_set, seco_head_spec, seco_heads, seco_year
 
     check_request(request)
+    if request.compile:
+        log.warning("--compile applies to GeoTreeCLIP's encoder; the SeCo-Eco backbone runs as it is")
     model, model_key = load_seco_set(ref, head)
     if request.top_k > len(head.species):
         raise ModelError(f"--top-k {request.top_k} is more than the {len(head.species)} species of the head")
