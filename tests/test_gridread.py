@@ -68,6 +68,9 @@ def test_scl_bytes_and_files_without_nodata_equal_the_warp(tmp_path):
     url = write(tmp_path / "edge.tif", 600300.0, 5000300.0, 10.0, (50, 60), nodata=None)
     a, b, _ = both(url, SPEC)
     assert np.array_equal(a, b)
+    url = write(tmp_path / "three.tif", 599940.0, 5000600.0, 20.0, (40, 40), nodata=3, dtype="uint8")
+    a, b, warped = both(url, SPEC)  # a nodata value other than the fill value
+    assert warped is False and np.array_equal(a, b) and not (a == 3).any()
 
 
 @pytest.mark.parametrize("x0, epsg, res", [(599945.0, EPSG, 10.0),  # 5 m off the lattice

@@ -77,11 +77,19 @@ def read_on_grid(ds, grid: GridMap, window, dtype, fill_value) -> np.ndarray:
     r0, r1 = int(rows[r_in].min()), int(rows[r_in].max()) + 1
     c0, c1 = int(cols[c_in].min()), int(cols[c_in].max()) + 1
     block = ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
-    picked = block[np.ix_(rows[r_in] - r0, cols[c_in] - c0)]
-    values = picked.astype(dtype, copy=False)
-    if ds.nodata is not None:
-        values = np.where(picked == ds.nodata, np.asarray(fill_value, dtype=dtype), values)
-    out[np.ix_(r_in, c_in)] = values
+    # The tile pixels inside the asset are a run of lattice indices g; repeating each source pixel k times puts g at
+    # position g - k * (first source index), so the expansion is a repeat and a slice, not a gather.
+    k = grid.k
+    ri, ci = np.flatnonzero(r_in), np.flatnonzero(c_in)
+    g_row = grid.row0 + int(window.row_off) + int(ri[0])
+    g_col = grid.col0 + int(window.col_off) + int(ci[0])
+    if k > 1:
+        block = np.repeat(np.repeat(block, k, axis=0), k, axis=1)
+    picked = block[g_row - k * r0: g_row - k * r0 + ri.size, g_col - k * c0: g_col - k * c0 + ci.size]
+    target = out[ri[0]: ri[-1] + 1, ci[0]: ci[-1] + 1]
+    target[...] = picked
+    if ds.nodata is not None and ds.nodata != fill_value:
+        target[picked == ds.nodata] = fill_value
     return out
 
 
