@@ -93,6 +93,23 @@ def seco_head(small_world, seco_model, seco_points):
     return proc, (json.loads(proc.stdout) if proc.returncode == 0 else None)
 
 
+@pytest.fixture(scope="session")
+def seco_float_map(small_world, embed_aoi, seco_model, tmp_path_factory):
+    """`treemap embed --encoder seco-eco` of `embed_aoi` (year 2022, chip 16, stride 8, mean of the seasons) with
+    64 px tiles as float32 in one worker: its JSON summary and output folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("seco-64")
+    proc = subprocess.run(
+        [sys.executable, "-m", "treemap", "-q", "embed", "--aoi", str(embed_aoi), "--catalog", str(small_world.catalog),
+         "--year", "2022", "--encoder", "seco-eco", "--chip", "16", "--stride", "8", "--model", str(seco_model),
+         "--device", "cpu", "--out", str(out), "--json", "--tile-size", "64", "--float32", "--workers", "1"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), out
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's cache: the default demo world lives under a session temp folder."""

@@ -32,12 +32,11 @@ def seco_embed(world, aoi, model, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def maps(small_world, embed_aoi, seco_model, tmp_path_factory):
-    """The same map with 32 px (4 x 4 cells) tiles stored as int16, and 64 px tiles as float32 in one worker."""
+def maps(small_world, embed_aoi, seco_model, seco_float_map, tmp_path_factory):
+    """The same map with 32 px (4 x 4 cells) tiles stored as int16, and 64 px tiles as float32 in one worker
+    (the session's `seco_float_map`, which test_predict_seco.py uses too)."""
     a = tmp_path_factory.mktemp("seco-32")
-    b = tmp_path_factory.mktemp("seco-64")
-    return (seco_embed(small_world, embed_aoi, seco_model, a, "--tile-size", "32"), a,
-            seco_embed(small_world, embed_aoi, seco_model, b, "--tile-size", "64", "--float32", "--workers", "1"), b)
+    return (seco_embed(small_world, embed_aoi, seco_model, a, "--tile-size", "32"), a, *seco_float_map)
 
 
 def test_the_map_is_a_valid_cog_on_the_stride_grid_with_its_recipe_in_the_tags(maps):

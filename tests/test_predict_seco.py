@@ -49,21 +49,17 @@ def test_one_phenological_year():
 
 
 @pytest.fixture(scope="module")
-def runs(small_world, embed_aoi, seco_model, seco_head, tmp_path_factory):
-    """predict with the head (land-cover mask) and, separately, the float32 embedding map of the same cells."""
+def runs(small_world, embed_aoi, seco_model, seco_head, seco_float_map, tmp_path_factory):
+    """predict with the head (land-cover mask, 2 x 2 tiles) and the float32 embedding map of the same cells made
+    separately (`seco_float_map`, one tile)."""
     proc, summary = seco_head
     assert proc.returncode == 0, proc.stderr
     pred = tmp_path_factory.mktemp("seco-predict")
     p = run_cli("predict", "--aoi", embed_aoi, "--catalog", small_world.catalog, "--year", "2022", "--model",
                 seco_model, "--head", summary["head"], "--mask", small_world.landcover,
-                "--tile-size", "32", "--top-k", "2", "--device", "cpu", "--out", pred, "--json")
+                "--tile-size", "48", "--top-k", "2", "--device", "cpu", "--out", pred, "--json")
     assert p.returncode == 0, p.stderr
-    emb = tmp_path_factory.mktemp("seco-embed")
-    e = run_cli("embed", "--aoi", embed_aoi, "--catalog", small_world.catalog, "--year", "2022", "--encoder",
-                "seco-eco", "--model", seco_model, "--float32", "--tile-size", "64", "--workers", "1", "--device",
-                "cpu", "--out", emb)
-    assert e.returncode == 0, e.stderr
-    return json.loads(p.stdout), pred, emb, load_head(summary["head"])
+    return json.loads(p.stdout), pred, seco_float_map[1], load_head(summary["head"])
 
 
 def test_products_are_cogs_on_the_heads_cell_grid_with_its_recipe(runs):
