@@ -100,3 +100,51 @@ def test_pickles_as_its_state(tmp_path):
     first = reader.read(Window(0, 0, 10, 10))
     again = pickle.loads(pickle.dumps(reader))
     assert np.array_equal(again.read(Window(0, 0, 10, 10)), first)
+
+
+def _reader(url):
+    return GridReader(url=url, spec=SPEC, resampling=Resampling.nearest, dtype=np.dtype("uint16"),
+                      fill_value=np.uint16(0), scale_offset=(1, 0))
+
+
+def test_a_file_is_opened_once_for_many_readers_and_afresh_when_it_changes(tmp_path, monkeypatch):
+    import os
+
+    import treemap.gridread as gridread
+
+    files = gridread.OpenFiles(size=8)
+    monkeypatch.setattr(gridread, "open_files", files)
+    url = write(tmp_path / "a.tif", 599940.0, 5000600.0, 20.0, (40, 40), seed=1)
+    first = [_reader(url).read(Window(0, 0, 64, 48)) for _ in range(3)]
+    assert files.opens == 1 and all(np.array_equal(first[0], f) for f in first)
+    write(tmp_path / "a.tif", 599940.0, 5000600.0, 20.0, (40, 40), seed=2)  # same path, new content
+    os.utime(url, ns=(1, 1))  # a different modification time even on a coarse clock
+    again = _reader(url).read(Window(0, 0, 64, 48))
+    assert files.opens == 2 and not np.array_equal(again, first[0])
+    expected, _, _ = both(url, SPEC)
+    assert np.array_equal(again, expected)
+
+
+def test_a_failed_read_drops_the_dataset_and_eviction_reopens(tmp_path, monkeypatch):
+    import treemap.gridread as gridread
+
+    files = gridread.OpenFiles(size=1)
+    monkeypatch.setattr(gridread, "open_files", files)
+    a = write(tmp_path / "a.tif", 599940.0, 5000600.0, 10.0, (100, 100), seed=3)
+    b = write(tmp_path / "b.tif", 599940.0, 5000600.0, 20.0, (40, 40), seed=4)
+    ra, rb = _reader(a), _reader(b)
+    va = ra.read(Window(0, 0, 64, 48))
+    vb = rb.read(Window(0, 0, 64, 48))  # evicts a (the cache holds one file)
+    assert np.array_equal(ra.read(Window(0, 0, 64, 48)), va)  # ra's dataset was closed: opened again
+    assert files.opens == 3
+    real = gridread.read_on_grid
+
+    def failing(*args):
+        raise rasterio.errors.RasterioIOError("read failed")
+
+    monkeypatch.setattr(gridread, "read_on_grid", failing)
+    with pytest.raises(rasterio.errors.RasterioIOError):
+        _reader(b).read(Window(0, 0, 64, 48))
+    monkeypatch.setattr(gridread, "read_on_grid", real)
+    assert np.array_equal(_reader(b).read(Window(0, 0, 64, 48)), vb)  # not the failed handle: a fresh open
+    assert files.opens == 5
