@@ -122,7 +122,7 @@ class OpenFiles:
     Off by default because it trades memory for CPU: on the demo region in 16 tiles of 128 px (1,606 files per
     tile), ``TREEMAP_OPEN_FILES=4000`` took 21.0 CPU-s and 15.1 s against 32.7 CPU-s and 21.8 s, but peaked at
     3.05 GB against 1.07 GB (GDAL's block cache fills with the open files' blocks). A size below the files of one
-    tile is worse than none (256: 35.9 CPU-s), since tiles read their files in the same order."""
+    tile is worse than none (256: 35-36 CPU-s), since tiles read their files in the same order."""
 
     def __init__(self, size: int | None = None):
         self._items: OrderedDict[tuple, _Open] = OrderedDict()
