@@ -189,7 +189,7 @@ class EmbedJob:
         """The L2-normalised embeddings (D, H, W) of the tile's core, NaN where none."""
         if self.seco is not None:
             device = str(InferenceSpec(self.spec.batch_size, worker_device(self.spec.device)).resolve_device())
-            model = seco_models.get(self.model, self.model_key, device)
+            model = seco_models.get(self.model, self.model_key).to(device)
             return seco_embeddings(tile, inputs, self.seco, model, self.spec.batch_size, device)
         encoder = encoders.get(self.model, self.model_key, self.spec)
         return encoder.embed_tile(inputs.composites, tile.halo, pixel_centres_lonlat(tile), inputs.valid,

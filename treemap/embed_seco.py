@@ -119,35 +119,44 @@ def seasonal_reflectance(inputs: SecoTile, spec: SecoEmbedSpec) -> np.ndarray:
     return out
 
 
-class SecoModels:
-    """The SeCo-Eco model of this process, read once per worker (the client offers the one it has read)."""
+class OfferedFiles:
+    """One file's content per process, read once per worker and checked by checksum (the client offers what it has
+    read already, so an in-process run reads nothing twice): the SeCo-Eco model here, a few-shot head in
+    :mod:`treemap.predict_seco`."""
 
-    def __init__(self):
+    def __init__(self, load, what: str):
+        self._load = load
+        self._what = what
         self._lock = threading.Lock()
         self._item: tuple[str, object] | None = None
         self.loads = 0
 
-    def offer(self, model, model_key: str) -> None:
+    def offer(self, item, key: str) -> None:
         with self._lock:
-            self._item = (model_key, model)
+            self._item = (key, item)
 
-    def get(self, path: str | Path, model_key: str, device: str):
+    def get(self, path: str | Path, key: str):
         from treemap.cache import file_sha256
         from treemap.errors import ModelError
-        from treemap.models.seco import load_seco
 
         with self._lock:
-            if self._item is None or self._item[0] != model_key:
-                model = load_seco(path)
+            if self._item is None or self._item[0] != key:
+                item = self._load(path)
                 self.loads += 1
-                if file_sha256(path) != model_key:
-                    raise ModelError(f"the model this worker reads ({path}) differs from the client's: workers "
-                                     f"need the same files")
-                self._item = (model_key, model)
-            return self._item[1].to(device)
+                if file_sha256(path) != key:
+                    raise ModelError(f"the {self._what} this worker reads ({path}) differs from the client's: "
+                                     f"workers need the same files")
+                self._item = (key, item)
+            return self._item[1]
 
 
-seco_models = SecoModels()
+def _load_seco(path):
+    from treemap.models.seco import load_seco
+
+    return load_seco(path)
+
+
+seco_models = OfferedFiles(_load_seco, "model")
 
 
 def seco_embeddings(tile: Tile, inputs: SecoTile, spec: SecoEmbedSpec, model, batch_size: int,

@@ -17,14 +17,13 @@ decided. Cells that are not tree are not encoded.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from treemap.embed_seco import SecoEmbedSpec, SecoTile, embed_seasonal, seasonal_reflectance, seco_tile_read
+from treemap.embed_seco import (OfferedFiles, SecoEmbedSpec, SecoTile, embed_seasonal, seasonal_reflectance,
+                                 seco_tile_read)
 from treemap.errors import DateRangeError, ModelError, TreemapError
 from treemap.grid import Tile
 from treemap.treemask import NODATA, NOT_TREE, TREE
@@ -142,32 +141,13 @@ def seco_probabilities(tile: Tile, inputs: SecoPredictTile, spec: SecoEmbedSpec,
     return out.T.reshape(len(head.species), h, w)
 
 
-class SecoHeads:
-    """The heads this process has read, by checksum (the client offers the one it has loaded)."""
+def _load_head(path):
+    from treemap.heads import load_head
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._items: dict[str, object] = {}
-
-    def offer(self, head, key: str) -> None:
-        with self._lock:
-            self._items[key] = head
-
-    def get(self, path: str | Path, key: str):
-        from treemap.cache import file_sha256
-        from treemap.heads import load_head
-
-        with self._lock:
-            if key not in self._items:
-                head = load_head(path)
-                if file_sha256(path) != key:
-                    raise ModelError(f"the head this worker reads ({path}) differs from the client's: workers need "
-                                     f"the same files")
-                self._items = {key: head}
-            return self._items[key]
+    return load_head(path)
 
 
-seco_heads = SecoHeads()
+seco_heads = OfferedFiles(_load_head, "head")
 
 
 def load_seco_set(ref, head) -> tuple[object, str]:

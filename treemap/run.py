@@ -160,7 +160,7 @@ class PredictJob:
         from treemap.predict_seco import seco_heads, seco_probabilities, seco_tree_mask
 
         device = str(InferenceSpec(self.spec.batch_size, worker_device(self.spec.device)).resolve_device())
-        model = seco_models.get(self.ref.model, self.keys[0], device)
+        model = seco_models.get(self.ref.model, self.keys[0]).to(device)
         head = seco_heads.get(self.ref.head, self.keys[2])
         tree = seco_tree_mask(tile, inputs, self.seco, self.mask)
         probs = seco_probabilities(tile, inputs, self.seco, model, head, tree, self.spec.batch_size, device)
