@@ -134,7 +134,8 @@ def child_host(catalog: str, aoi_path: str, tile_size: int) -> dict:
         kept[0] += len(patches)
         return np.zeros((len(patches), 1), dtype=np.float32)
 
-    encoder._per_pixel(composites, tile.halo, lonlat, valid, 1, no_encoder, 64, None)
+    encoder._batched = lambda patches, aux, width, head, present=None: no_encoder(patches, aux)  # host path, no model
+    encoder._per_pixel(composites, tile.halo, lonlat, valid, 1, None, 64, None)
     patch_cpu, patch_wall = clock.lap()
     px = tile.width * tile.height
     read_cpu = setup_cpu + loads[0]

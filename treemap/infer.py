@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from treemap.errors import DeviceError, ModelError
+from treemap.feed import DeviceTile, Uploader, probe_batch_size
 from treemap.taxonomy import SpeciesList
 
 log = logging.getLogger("treemap.infer")
@@ -34,6 +35,21 @@ class InferenceSpec:
     batch_size: int = 4096
     device: str = "auto"
     compile: bool = False  # torch.compile the location encoder (see PixelEncoder)
+    # batch_size sized from the device's free memory instead (CUDA and fixed-statistics models; see PixelEncoder)
+    auto_batch: bool = False
+    # where patches are cut: "device" (treemap.feed: the tile goes to the device once), "host" (kept_patches),
+    # "auto": the device path on CUDA, the host path on the CPU (TREEMAP_PATCHES overrides "auto")
+    patches: str = "auto"
+
+    def patches_on_device(self) -> bool:
+        mode = self.patches
+        if mode == "auto":
+            mode = os.environ.get("TREEMAP_PATCHES", "auto").strip().lower() or "auto"
+        if mode == "auto":
+            return self.resolve_device().type == "cuda"
+        if mode not in ("host", "device"):
+            raise ValueError(f"patches must be host, device or auto, not {mode!r}")
+        return mode == "device"
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -79,6 +95,26 @@ def kept_patches(composites: np.ndarray, halo: int, rows: slice, keep: np.ndarra
     if gappy.any():
         out[gappy] = fill_present_months(out[gappy])
     return out
+
+
+def scale_composites_host(composites: np.ndarray, band_min: np.ndarray, band_max: np.ndarray) -> np.ndarray:
+    """:func:`treemap.feed.scale_composites` in numpy (the same float32 operations in the same order), NaN kept."""
+    lo = band_min.astype(np.float32)[None, :, None, None]
+    hi = band_max.astype(np.float32)[None, :, None, None]
+    scaled = (composites - lo) / (hi - lo + np.float32(1e-6))
+    scaled *= np.float32(2.0)
+    scaled -= np.float32(1.0)
+    return scaled
+
+
+def scaled_patches(scaled: np.ndarray, halo: int, rows: slice, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(patches, present)`` of the kept pixels from composites already scaled (:func:`scale_composites_host`):
+    gaps filled as :func:`kept_patches` fills them, then missing months written as 0, as the normaliser writes
+    them; ``present`` (K, 12) the months whose centre pixel is clear."""
+    patches = kept_patches(scaled, halo, rows, keep)
+    present = ~np.isnan(patches[:, :, :, PATCH // 2, PATCH // 2]).any(axis=2)
+    np.nan_to_num(patches, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    return patches, present
 
 
 def present_months(composites: np.ndarray, halo: int, rows: slice) -> np.ndarray:
@@ -151,78 +187,132 @@ class PixelEncoder:
         # another backend), shapes marked dynamic so the last, short batch of a tile does not compile a second
         # graph. The first batch pays the compilation (41 s for the demo model on 2 CPU cores).
         self._encode = self.model.encode_location
+        self._encode_normalised = self.model.encode_normalised
         if spec.compile:
             backend = os.environ.get("TREEMAP_COMPILE_BACKEND", "inductor")
             self._encode = torch.compile(self.model.encode_location, dynamic=True, backend=backend)
+            self._encode_normalised = torch.compile(self.model.encode_normalised, dynamic=True, backend=backend)
+        self.tile_patches = spec.patches_on_device()
+        self.uploader = Uploader(self.device)
+        normaliser = getattr(self.model, "normaliser", None)
+        # fixed statistics: a tile is scaled once on the device; the official per-batch rule needs each batch raw
+        self._fixed = normaliser if getattr(normaliser, "mode", "") == "fixed" else None
+        if spec.auto_batch and self.device.type == "cuda":
+            if self._fixed is not None:
+                c = self.model.config
+                self.batch_size = probe_batch_size(self._encode, (c.months, c.channels, PATCH, PATCH), N_AUX,
+                                                   self.device)
+            else:  # with the per-batch rule the batch is part of the result: keep the given size
+                log.info("batch size %d: the model scales inputs per batch, so it is not sized from memory",
+                         self.batch_size)
 
     @property
     def embed_dim(self) -> int:
         return int(self.model.config.embed_dim)
 
-    def _to_device(self, array: np.ndarray, slot: int) -> torch.Tensor:
-        """A batch on the device. On CUDA it goes through a reused page-locked (pinned) host buffer, so the copy is
-        a direct DMA that runs asynchronously (``non_blocking``) instead of a staged pageable copy."""
-        host = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type != "cuda":
-            return host
-        buffers = self.__dict__.setdefault("_pinned", {})
-        buf = buffers.get(slot)
-        if buf is None or buf.numel() < host.numel():
-            # a fresh buffer: the previous one may still feed an in-flight copy, so it is never overwritten
-            buf = torch.empty(max(host.numel(), self.batch_size * host[0].numel() if host.shape[0] else 0),
-                              dtype=host.dtype, pin_memory=True)
-            buffers[slot] = buf
-        else:
-            torch.cuda.current_stream(self.device).synchronize()  # the last copy out of this buffer has finished
-        staged = buf[: host.numel()].view(host.shape)
-        staged.copy_(host)
-        return staged.to(self.device, non_blocking=True)
+    def _batched(self, patches: np.ndarray, aux: np.ndarray, width: int, head,
+                 present: np.ndarray | None = None) -> np.ndarray:
+        """``head(embeddings)`` (B, width) for every batch of patches (N, 12, 10, 5, 5) and aux (N, 27).
 
-    def _batched(self, patches: np.ndarray, aux: np.ndarray, width: int, head) -> np.ndarray:
-        """``head(embeddings)`` (B, width) for every batch of patches (N, 12, 10, 5, 5) and aux (N, 27)."""
-        out = np.empty((patches.shape[0], width), dtype=np.float32)
+        With ``present`` (N, 12) the patches are already scaled (:func:`scaled_patches`) and go to
+        ``encode_normalised``; the aux values are scaled here. Batches go up through :class:`treemap.feed.Uploader`
+        and their results stay on the device until the last one is done (one copy back, no per-batch host wait)."""
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
+            out = torch.empty((patches.shape[0], width), dtype=torch.float32, device=self.device)
             for start in range(0, patches.shape[0], self.batch_size):
                 stop = min(start + self.batch_size, patches.shape[0])
-                x = self._to_device(patches[start:stop], 0)
-                a = self._to_device(aux[start:stop], 1)
-                out[start:stop] = head(self._encode(x, a)).float().cpu().numpy()
-        return out
+                x = self.uploader.put(patches[start:stop], "patches")
+                a = self.uploader.put(aux[start:stop], "aux")
+                if present is None:
+                    emb = self._encode(x, a)
+                else:
+                    emb = self._encode_normalised(x, self.uploader.put(present[start:stop], "present"),
+                                                  self._fixed.aux(a))
+                out[start:stop] = head(emb).float()
+        return out.cpu().numpy()
+
+    @staticmethod
+    def _unit(emb: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(emb.float(), dim=-1)
 
     def embed(self, patches: np.ndarray, aux: np.ndarray) -> np.ndarray:
         """L2-normalised location embeddings (N, D) float32: the vectors the zero-shot head compares with the
         species' text features (computed in float32, also under autocast)."""
-        return self._batched(patches, aux, self.embed_dim,
-                             lambda emb: torch.nn.functional.normalize(emb.float(), dim=-1))
+        return self._batched(patches, aux, self.embed_dim, self._unit)
+
+    @staticmethod
+    def _block_aux(lonlat: np.ndarray, layers: np.ndarray | None, r0: int, r1: int, keep: np.ndarray) -> np.ndarray:
+        aux = np.full((int(keep.sum()), N_AUX), np.nan, dtype=np.float32)
+        aux[:, 0] = lonlat[0, r0:r1].reshape(-1)[keep]
+        aux[:, 1] = lonlat[1, r0:r1].reshape(-1)[keep]
+        if layers is not None:
+            aux[:, 2:] = layers[:, r0:r1].reshape(layers.shape[0], -1)[:, keep].T
+        return aux
 
     def _per_pixel(self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray, width: int,
-                   fn, rows_per_block: int, layers: np.ndarray | None) -> np.ndarray:
-        """``fn(patches, aux)`` (N, width) for every pixel of a tile's core, as (width, H, W); NaN where ``valid`` is
-        False or no month is present."""
+                   head, rows_per_block: int, layers: np.ndarray | None) -> np.ndarray:
+        """``head(embeddings)`` (N, width) for every pixel of a tile's core, as (width, H, W); NaN where ``valid``
+        is False or no month is present. Pixels go to the encoder in row blocks, and in batches of at most
+        ``batch_size`` within a block, on either path (so the per-batch normalisation sees the same batches)."""
+        if self.tile_patches:
+            return self._per_pixel_on_device(composites, halo, lonlat, valid, width, head, rows_per_block, layers)
         h, w = valid.shape
         result = np.full((width, h, w), np.nan, dtype=np.float32)
+        scaled = None  # fixed statistics: the tile is scaled once, not every patch of it
+        if self._fixed is not None:
+            scaled = scale_composites_host(composites, self._fixed.band_min.cpu().numpy(),
+                                           self._fixed.band_max.cpu().numpy())
         for r0 in range(0, h, rows_per_block):
             r1 = min(r0 + rows_per_block, h)
             keep = valid[r0:r1].reshape(-1) & present_months(composites, halo, slice(r0, r1)).any(axis=1)
             if not keep.any():
                 continue
-            patches = kept_patches(composites, halo, slice(r0, r1), keep)
-            aux = np.full((int(keep.sum()), N_AUX), np.nan, dtype=np.float32)
-            aux[:, 0] = lonlat[0, r0:r1].reshape(-1)[keep]
-            aux[:, 1] = lonlat[1, r0:r1].reshape(-1)[keep]
-            if layers is not None:
-                aux[:, 2:] = layers[:, r0:r1].reshape(layers.shape[0], -1)[:, keep].T
-            values = fn(patches, aux)
+            aux = self._block_aux(lonlat, layers, r0, r1, keep)
+            if scaled is None:
+                values = self._batched(kept_patches(composites, halo, slice(r0, r1), keep), aux, width, head)
+            else:
+                patches, present = scaled_patches(scaled, halo, slice(r0, r1), keep)
+                values = self._batched(patches, aux, width, head, present)
             flat = np.full((keep.size, width), np.nan, dtype=np.float32)
             flat[keep] = values
             result[:, r0:r1] = flat.T.reshape(width, r1 - r0, w)
         return result
 
+    def _per_pixel_on_device(self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray,
+                             width: int, head, rows_per_block: int, layers: np.ndarray | None) -> np.ndarray:
+        """:meth:`_per_pixel` with the tile on the device (:mod:`treemap.feed`): composites uploaded (and scaled,
+        for fixed statistics) once, patches gathered and gap-filled there, results kept there until the tile is
+        done: one copy back and one host synchronisation per tile."""
+        h, w = valid.shape
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        with torch.inference_mode(), autocast:
+            tile = DeviceTile.upload(composites, halo, self.uploader, self._fixed)
+            result = torch.full((h * w, width), float("nan"), dtype=torch.float32, device=self.device)
+            for r0 in range(0, h, rows_per_block):
+                r1 = min(r0 + rows_per_block, h)
+                keep = valid[r0:r1].reshape(-1) & present_months(composites, halo, slice(r0, r1)).any(axis=1)
+                if not keep.any():
+                    continue
+                aux = self.uploader.put(self._block_aux(lonlat, layers, r0, r1, keep), "aux")
+                if self._fixed is not None:
+                    aux = self._fixed.aux(aux)
+                picked = self.uploader.put(np.flatnonzero(keep) + r0 * w, "pixels")  # flat core indices
+                for start in range(0, picked.shape[0], self.batch_size):
+                    sel = picked[start:start + self.batch_size]
+                    patches, present = tile.patches(sel // w, sel % w)
+                    part = aux[start:start + self.batch_size]
+                    if self._fixed is not None:
+                        emb = self._encode_normalised(patches, present, part)
+                    else:
+                        emb = self._encode(patches, part)
+                    result[sel] = head(emb).float()
+        return result.T.reshape(width, h, w).cpu().numpy()
+
     def embed_tile(self, composites: np.ndarray, halo: int, lonlat: np.ndarray, valid: np.ndarray,
                    rows_per_block: int = 64, layers: np.ndarray | None = None) -> np.ndarray:
         """L2-normalised embeddings (D, H, W) of a tile's core (arguments as :meth:`SpeciesPredictor.predict_tile`)."""
-        return self._per_pixel(composites, halo, lonlat, valid, self.embed_dim, self.embed, rows_per_block, layers)
+        return self._per_pixel(composites, halo, lonlat, valid, self.embed_dim, self._unit, rows_per_block, layers)
 
 
 class SpeciesPredictor(PixelEncoder):
@@ -257,8 +347,8 @@ class SpeciesPredictor(PixelEncoder):
         ``layers`` (25, H, W) the other auxiliary variables (:mod:`treemap.auxiliary`), NaN = missing; without
         them only longitude and latitude are given.
         """
-        return self._per_pixel(composites, halo, lonlat, valid, len(self.species), self.predict, rows_per_block,
-                               layers)
+        return self._per_pixel(composites, halo, lonlat, valid, len(self.species), self._probabilities,
+                               rows_per_block, layers)
 
 
 # --- devices -----------------------------------------------------------------------------------------------------------

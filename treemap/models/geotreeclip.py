@@ -210,10 +210,17 @@ class GeoTreeCLIP(nn.Module):
             raise ValueError(f"images must be (B, {c.months}, {c.channels}, H, W), got {tuple(images.shape)}")
         if aux.ndim != 2 or aux.shape != (images.shape[0], c.n_aux):
             raise ValueError(f"aux must be ({images.shape[0]}, {c.n_aux}), got {tuple(aux.shape)}")
-        dtype = self.image_projection[0].weight.dtype
         present = month_mask(images)
-        pixels = self.normaliser.images(images.float()).to(dtype)
-        aux_in = self.normaliser.aux(aux.float()).to(dtype)
+        return self.encode_normalised(self.normaliser.images(images.float()), present,
+                                      self.normaliser.aux(aux.float()))
+
+    def encode_normalised(self, pixels: Tensor, present: Tensor, aux_in: Tensor) -> Tensor:
+        """:meth:`encode_location` after the normaliser: ``pixels`` ``(B, months, channels, H, W)`` already scaled
+        with 0 where missing, ``present`` ``(B, months)`` bool, ``aux_in`` ``(B, 27)`` scaled with 0 where missing.
+        Lets a caller scale a whole tile once (fixed statistics) instead of every patch of it."""
+        dtype = self.image_projection[0].weight.dtype
+        pixels = pixels.to(dtype)
+        aux_in = aux_in.to(dtype)
         image_features = self.image_projection(self.temporal_extractor(pixels, present))
         aux_features = self.aux_projection(self.auxiliary_encoder(aux_in))
         return self.fusion(torch.cat([image_features, aux_features], dim=-1))
