@@ -244,8 +244,15 @@ def aoi_km2(path: Path) -> float:
 
 def run_predict(catalog: str, aoi: Path, km2: float, out: Path, tile_size: int) -> dict:
     """``treemap predict`` in a child process: its own wall, CPU and peak RSS (``os.wait4``)."""
+    return run_predict_on(catalog, aoi, km2, out, tile_size)
+
+
+def run_predict_on(catalog: str, aoi: Path, km2: float, out: Path, tile_size: int, model_ref: str = "demo",
+                   device: str = "cpu", workers: int = 1) -> dict:
+    """:func:`run_predict` with another model, device or worker count (``benchmarks/gpu.py``). With worker
+    processes, CPU time and peak RSS are what the kernel reports for the child with its reaped descendants."""
     cmd = [sys.executable, "-m", "treemap", "predict", "--catalog", catalog, "--aoi", str(aoi), "--out", str(out),
-           "--model", "demo", "--species", "demo", "--workers", "1", "--device", "cpu",
+           "--model", model_ref, "--species", "demo", "--workers", str(workers), "--device", device,
            "--tile-size", str(tile_size), "--json"]
     if catalog != "demo":
         cmd += ["--year", str(json.loads((Path(catalog).parent / "world.json").read_text())["spec"]["year"])]
