@@ -237,3 +237,20 @@ def test_importing_the_cli_stays_light():
             "'train.seco_eco', 'train.demo_model', 'dask', 'rasterio') if m in sys.modules]; print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "big", "1.5"])
+def test_a_bad_batch_size_is_one_line(value, aoi_file, tmp_path):
+    exit_2_one_line(run_cli(*_command("predict", aoi_file, tmp_path), "--batch-size", value),
+                    f"--batch-size {value} is not a batch size (a positive whole number, or auto)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_batch_size_words():
+    from treemap.cli_words import BATCH_SIZE
+    from treemap.infer import inference_spec
+
+    assert BATCH_SIZE.convert("auto", None, None) is None and BATCH_SIZE.convert("AUTO", None, None) is None
+    assert BATCH_SIZE.convert("512", None, None) == 512
+    assert inference_spec(None).auto_batch and inference_spec(None).batch_size == 4096
+    assert not inference_spec(512).auto_batch and inference_spec(512).batch_size == 512

@@ -11,8 +11,8 @@ from click.core import ParameterSource
 
 from treemap import __version__
 from treemap.cli_words import (
-    AOI_HELP, CATALOG_HELP, DEVICE_HELP, MODEL_HELP, OUT_FOLDER_HELP, TreemapGroup, YEAR, cluster_options,
-    max_unreadable_option, print_products, recipe_option, setup_logging, window_options, year_window)
+    AOI_HELP, BATCH_HELP, BATCH_SIZE, CATALOG_HELP, DEVICE_HELP, MODEL_HELP, OUT_FOLDER_HELP, TreemapGroup, YEAR,
+    cluster_options, max_unreadable_option, print_products, recipe_option, setup_logging, window_options, year_window)
 
 log = logging.getLogger("treemap")
 
@@ -39,8 +39,7 @@ def cli(verbose: int, quiet: bool) -> None:
               help="Tile edge in 10 m pixels.")
 @click.option("--model", help=f"The model: {MODEL_HELP}; default 'demo' for --catalog demo.")
 @click.option("--species", help="Candidate species list CSV, or 'demo' (default for --catalog demo).")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1),
-              help="Pixels per encoder batch.")
+@click.option("--batch-size", default="auto", show_default=True, type=BATCH_SIZE, help=BATCH_HELP)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--head", type=click.Path(path_type=Path),
               help="A few-shot head file (treemap fewshot) fitted on --model: maps the head's species (a SeCo-Eco "
@@ -170,8 +169,7 @@ def seco_spec(chip: int, stride: int, season: str, aux, year: int):
 @click.option("--float32", "float32", is_flag=True, help="float32 bands (NaN nodata) instead of scaled int16.")
 @click.option("--aux", "aux", type=click.Path(path_type=Path), metavar="LAYERS.yaml",
               help="Auxiliary layers (elevation, climate, soil) the model takes; see the README.")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1),
-              help="Pixels per encoder batch.")
+@click.option("--batch-size", default="auto", show_default=True, type=BATCH_SIZE, help=BATCH_HELP)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--keep-work", is_flag=True, help="Keep the per-tile work folder after success.")
 @max_unreadable_option

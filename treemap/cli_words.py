@@ -65,8 +65,30 @@ class DateType(click.ParamType):
         return day
 
 
+class BatchSizeType(click.ParamType):
+    """A batch size: a positive integer, or ``auto`` (None: sized from the GPU's free memory, 4096 on a CPU)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            raise click.UsageError(f"{option_words(param, ctx, value)} is not a batch size (a positive whole "
+                                   f"number, or auto)", ctx)
+        return size
+
+
 YEAR = YearType()
 DATE = DateType()
+BATCH_SIZE = BatchSizeType()
+BATCH_HELP = ("Pixels per encoder batch, or auto: sized from free GPU memory on CUDA for models with fixed input "
+              "statistics (the official per-batch scaling keeps 4096, as the batch is part of its result); 4096 "
+              "on the CPU.")
 
 CATALOG_HELP = ("demo, earth-search, earth-search-c1, planetary-computer, cdse, a STAC API URL (optionally "
                 ".../collections/ID), a catalog.json or an item file.")

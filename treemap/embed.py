@@ -36,7 +36,7 @@ from treemap.dates import check_year
 from treemap.embed_seco import SecoEmbedSpec, seco_embeddings, seco_models, seco_tile_read
 from treemap.errors import DateRangeError, ProjectionError, TreemapError
 from treemap.grid import Tile, TilePlan, pixel_centres_lonlat, plan_tiles, scenes_for_tile, to_crs
-from treemap.infer import InferenceSpec, check_device, encoders, resolve_model, visible_gpus, worker_device
+from treemap.infer import InferenceSpec, check_device, inference_spec, encoders, resolve_model, visible_gpus, worker_device
 from treemap.outputs import NODATA_I16, ProductSpec, ensure_writable_dir
 from treemap.pca import Projection, fit_projection, load_projection, save_projection
 from treemap.phenology import SEASONS
@@ -81,7 +81,7 @@ class EmbedRequest:
     model: Path | str | None = None  # a GeoTreeCLIP checkpoint, or "demo" (the default for the demo catalog)
     encoder: str = "geotreeclip"  # or "seco-eco" (chips of phenology seasonal composites; needs ``seco``)
     seco: SecoEmbedSpec | None = None  # chip, stride, season and phenology year of a seco-eco map
-    batch_size: int = 4096
+    batch_size: int | None = None  # None: --batch-size auto (treemap.infer.inference_spec)
     device: str = "auto"
     pca: int = 0  # fit this many principal components (0: the full embedding)
     pca_from: Path | None = None  # apply a saved projection (embedding_pca.safetensors of an earlier run)
@@ -331,7 +331,7 @@ def embed(request: EmbedRequest) -> EmbedResult:
             from treemap.auxiliary import check_layers
 
             check_layers(request.aux, plan.epsg, plan.bounds)
-        job = EmbedJob(model_ref, model_key, InferenceSpec(request.batch_size, request.device), dim, start, end,
+        job = EmbedJob(model_ref, model_key, inference_spec(request.batch_size, request.device), dim, start, end,
                        len(scenes), projection, request.float32, request.aux, seco)
         if request.pca:
             if request.pca > dim:

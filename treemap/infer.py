@@ -57,6 +57,11 @@ class InferenceSpec:
         return torch.device(self.device)
 
 
+def inference_spec(batch_size: int | None, device: str = "auto", compile: bool = False) -> InferenceSpec:
+    """The spec of a request whose ``batch_size`` None means ``--batch-size auto``."""
+    return InferenceSpec(batch_size or InferenceSpec.batch_size, device, compile, auto_batch=batch_size is None)
+
+
 def pixel_patches(composites: np.ndarray, halo: int, rows: slice) -> np.ndarray:
     """Patches (N, 12, 10, 5, 5) for the core pixels of the given core rows, row-major.
 

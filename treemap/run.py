@@ -24,7 +24,7 @@ from treemap.dates import default_year
 from treemap.embed_seco import SecoEmbedSpec
 from treemap.errors import ModelError
 from treemap.grid import Tile, TilePlan, core_mask, pixel_centres_lonlat, plan_tiles
-from treemap.infer import (InferenceSpec, LoadedModel, ModelRef, check_device, load_model_set, predictors,
+from treemap.infer import (InferenceSpec, inference_spec, LoadedModel, ModelRef, check_device, load_model_set, predictors,
                            resolve_model, species_key, visible_gpus)
 from treemap.masking import MaskSpec
 from treemap.outputs import ProductSpec, ensure_writable_dir
@@ -56,7 +56,7 @@ class PredictRequest:
     tile_size: int = 512
     model: Path | str | None = None  # a checkpoint path, or "demo"
     species: Path | str | None = None  # a species-list CSV, or "demo"
-    batch_size: int = 4096
+    batch_size: int | None = None  # None: --batch-size auto (treemap.infer.inference_spec)
     device: str = "auto"
     keep_work: bool = False
     head: Path | None = None  # a few-shot head file (treemap fewshot): classifies its own species
@@ -261,7 +261,7 @@ def predict(request: PredictRequest) -> PredictResult:
         else:
             log.info("no auxiliary layers (--aux): the model gets longitude and latitude only")
         job = PredictJob(ref, (loaded.model_key, species_key(loaded.species), loaded.head_key),
-                         InferenceSpec(request.batch_size, request.device, request.compile), loaded.species,
+                         inference_spec(request.batch_size, request.device, request.compile), loaded.species,
                          request.top_k, start, end, len(scenes), request.mask, request.aux)
         result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device),
                          max_unreadable=request.max_unreadable)
@@ -308,7 +308,7 @@ def predict_with_seco_head(request: PredictRequest, ref: ModelRef, head, cluster
                  "%d tile(s)", spec.resolution, spec.chip, spec.stride, spec.season, spec.year, plan.epsg,
                  plan.width, plan.height, len(plan.tiles))
         job = PredictJob(ref, (model_key, species_key(head.species), head_key),
-                         InferenceSpec(request.batch_size, request.device), head.species, request.top_k, start, end,
+                         inference_spec(request.batch_size, request.device), head.species, request.top_k, start, end,
                          len(scenes), request.mask, None, spec)
         result = run_job(job, aoi, plan, scenes, out, cluster, request.keep_work, gpus=visible_gpus(request.device),
                          max_unreadable=request.max_unreadable)
