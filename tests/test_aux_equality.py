@@ -120,13 +120,13 @@ def test_extract_writes_what_predict_feeds_the_model(small_world, layers, aoi, p
     from treemap import infer
 
     fed = []
-    original = infer.SpeciesPredictor.predict
+    original = infer.PixelEncoder._batched
 
-    def spy(self, patches, aux):
+    def spy(self, patches, aux, *args, **kwargs):  # every batch of a tile goes through here on the host path
         fed.append(np.array(aux, copy=True))
-        return original(self, patches, aux)
+        return original(self, patches, aux, *args, **kwargs)
 
-    monkeypatch.setattr(infer.SpeciesPredictor, "predict", spy)
+    monkeypatch.setattr(infer.PixelEncoder, "_batched", spy)
     layer_set = LayerSet(tuple(Layer(k, v) for k, v in layers.items()))
     predict(PredictRequest(aoi=aoi[0], out=tmp_path / "maps", catalog=str(small_world.catalog), model="demo",
                            species="demo", start=date(2022, 6, 1), end=date(2022, 7, 31), tile_size=TILE,  # 2 months: fast
