@@ -148,3 +148,53 @@ def test_a_failed_read_drops_the_dataset_and_eviction_reopens(tmp_path, monkeypa
     monkeypatch.setattr(gridread, "read_on_grid", real)
     assert np.array_equal(_reader(b).read(Window(0, 0, 64, 48)), vb)  # not the failed handle: a fresh open
     assert files.opens == 5
+
+
+def test_a_held_environment_is_entered_once_for_a_run_of_reads(tmp_path, monkeypatch):
+    """held_env: one GDAL environment for many files (its options in force for opens and reads), where each reader
+    otherwise enters the open and the read layer around every open and read."""
+    import stackstac
+
+    from treemap.gridread import held_env
+
+    env = stackstac.DEFAULT_GDAL_ENV.updated(always={"TREEMAP_TEST_OPTION": "held"})
+    urls = [write(tmp_path / f"{i}.tif", 599940.0, 5000600.0, 10.0 * (1 + i % 2), (100, 50), seed=i)
+            for i in range(4)]
+    import treemap.gridread as gridread
+
+    seen, entered = [], [0]
+    real_read, real_enter = gridread.read_on_grid, rasterio.Env.__enter__
+
+    def spy_read(*args):
+        seen.append(rasterio.env.getenv().get("TREEMAP_TEST_OPTION"))  # the options in force while reading
+        return real_read(*args)
+
+    def spy_enter(self):
+        entered[0] += 1
+        return real_enter(self)
+
+    monkeypatch.setattr(gridread, "read_on_grid", spy_read)
+    monkeypatch.setattr(rasterio.Env, "__enter__", spy_enter)
+
+    def read_all():
+        out = []
+        for url in urls:
+            kwargs = dict(url=url, spec=SPEC, resampling=Resampling.nearest, dtype=np.dtype("uint16"),
+                          fill_value=np.uint16(0), scale_offset=(1, 0), gdal_env=env)
+            reader = GridReader(**kwargs)
+            out.append(reader.read(Window(0, 0, 64, 48)))
+            reader.close()
+        return out
+
+    plain = read_all()
+    per_file = entered[0]
+    entered[0] = 0
+    with held_env(env):
+        with held_env(env):  # nested: the outer hold stands
+            held = read_all()
+    # rasterio.open enters an environment of its own on every call (a cheap nested one inside an active one); the
+    # open and read layers, two per file, are gone
+    assert per_file - entered[0] == 2 * len(urls) - 1
+    assert seen == ["held"] * (2 * len(urls))  # the environment's options, both ways
+    assert all(np.array_equal(a, b) for a, b in zip(plain, held))
+    assert getattr(gridread._held, "env", None) is None  # released on the way out

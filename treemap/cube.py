@@ -181,6 +181,8 @@ class TileCube:
         from rasterio.windows import Window
         from stackstac.raster_spec import RasterSpec
 
+        from treemap.gridread import held_env
+
         h, w = self.tile.read_shape
         res = self.tile.resolution
         spec = RasterSpec(self.tile.epsg, self.tile.read_bounds, (res, res))
@@ -197,9 +199,17 @@ class TileCube:
             finally:
                 reader.close()
 
+        def read_run(run) -> None:
+            with held_env(self._gdal_env):  # one GDAL environment per run of files, not two per file
+                for job in run:
+                    read(job)
+
         remote = any("://" in href or href.startswith("/vsi") for _, _, href in jobs)
-        with ThreadPoolExecutor(read_threads(remote), thread_name_prefix="treemap-read") as pool:
-            for _ in pool.map(read, jobs):  # re-raises a reader's exception (a bug: read errors are nodata)
+        threads = read_threads(remote)
+        size = max(1, -(-len(jobs) // (threads * 4)))  # four runs per thread: balanced, few environment entries
+        runs = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        with ThreadPoolExecutor(threads, thread_name_prefix="treemap-read") as pool:
+            for _ in pool.map(read_run, runs):  # re-raises a reader's exception (a bug: read errors are nodata)
                 pass
         return values
 

@@ -22,14 +22,42 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GridMap", "GridReader", "read_on_grid"]
+__all__ = ["GridMap", "GridReader", "held_env", "read_on_grid"]
 
 #: How far (in tile pixels) an offset may be from a whole number and still count as on the lattice.
 _TOLERANCE = 1e-6
+
+
+_held = threading.local()
+
+
+@contextmanager
+def held_env(gdal_env):
+    """One GDAL environment for a run of grid reads on this thread, instead of entering ``gdal_env.open`` and
+    ``gdal_env.read`` around every open and every read (each entry sets and restores GDAL's config options; for the
+    1,606 files of the demo tile that was about a tenth of the read stage's CPU). The open layer is the one held:
+    it differs from the read layer only in ``VSI_CACHE`` (fixed for a file handle when it is opened, so opens must
+    see it) and in ``GDAL_DISABLE_READDIR_ON_OPEN`` (only consulted when a file is opened). Readers of another
+    environment, and stackstac's fallback reader, still enter their own."""
+    if getattr(_held, "env", None) is not None:  # nested: the outer hold stands
+        yield
+        return
+    with gdal_env.open:
+        _held.env = gdal_env
+        try:
+            yield
+        finally:
+            _held.env = None
+
+
+def _entered(gdal_env, layer: str):
+    """``gdal_env``'s ``layer`` context, or nothing while :func:`held_env` holds this environment."""
+    return nullcontext() if getattr(_held, "env", None) is gdal_env else getattr(gdal_env, layer)
 
 
 @dataclass(frozen=True)
@@ -150,7 +178,7 @@ class OpenFiles:
                 if entry is not None and not entry.closed:
                     self._items.move_to_end(key)
                     return entry
-        with gdal_env.open:
+        with _entered(gdal_env, "open"):
             entry = _Open(key, rasterio.open(url, sharing=False))
         self.opens += 1
         if key is None:
@@ -236,7 +264,7 @@ class GridReader:
             if entry.closed:
                 return None
             try:
-                with st["gdal_env"].read:
+                with _entered(st["gdal_env"], "read"):
                     return read_on_grid(entry.ds, self._grid, window, st["dtype"], st["fill_value"])
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the dataset is dropped
                 error = exc
