@@ -80,26 +80,40 @@ def pixel_patches(composites: np.ndarray, halo: int, rows: slice) -> np.ndarray:
     return fill_present_months(out)
 
 
-def kept_patches(composites: np.ndarray, halo: int, rows: slice, keep: np.ndarray) -> np.ndarray:
+def kept_patches(composites: np.ndarray, halo: int, rows: slice, keep: np.ndarray,
+                 gaps: np.ndarray | None = None) -> np.ndarray:
     """``pixel_patches(composites, halo, rows)[keep]``, made without the patches of the other pixels.
 
-    The patches of the kept pixels are copied straight out of the sliding-window view (one copy), and only those
-    with a missing value anywhere in their window go through :func:`fill_present_months` (a per-patch operation, so
-    the values are the same to the bit); a window is found gap-free from the composites' NaN map (a 5 x 5 box
-    test on a 2-D array) instead of testing 25 copies of every value."""
+    ``keep`` is a boolean mask over the block's pixels or their flat indices (row-major, ascending). The patches of
+    the kept pixels are copied straight out of the sliding-window view (one copy), and only those with a missing
+    value anywhere in their window go through :func:`fill_present_months` (a per-patch operation, so the values are
+    the same to the bit); a window is found gap-free from the composites' NaN map (a 5 x 5 box test on a 2-D
+    array, :func:`window_gaps`, which a caller cutting one block in several parts passes as ``gaps``) instead of
+    testing 25 copies of every value."""
     if halo < PATCH // 2:
         raise ValueError("the halo must be at least 2 pixels for 5 x 5 patches")
     r = PATCH // 2
     width = composites.shape[-1] - 2 * halo
     block = composites[:, :, rows.start + halo - r: rows.stop + halo + r, halo - r: halo + width + r]
-    ri, ci = np.divmod(np.flatnonzero(keep), width)
+    picked = np.flatnonzero(keep) if keep.dtype == bool else keep
+    ri, ci = np.divmod(picked, width)
     windows = np.lib.stride_tricks.sliding_window_view(block, (PATCH, PATCH), axis=(2, 3))
     out = windows.transpose(2, 3, 0, 1, 4, 5)[ri, ci]  # (K, 12, bands, 5, 5), a fresh C-ordered array
-    holes = np.isnan(block).any(axis=(0, 1))
-    gappy = np.lib.stride_tricks.sliding_window_view(holes, (PATCH, PATCH)).any(axis=(2, 3))[ri, ci]
+    if gaps is None:
+        gaps = window_gaps(composites, halo, rows)
+    gappy = gaps[ri, ci]
     if gappy.any():
         out[gappy] = fill_present_months(out[gappy])
     return out
+
+
+def window_gaps(composites: np.ndarray, halo: int, rows: slice) -> np.ndarray:
+    """(rows, W) whether the 5 x 5 window of each core pixel of ``rows`` misses a value in any month or band."""
+    r = PATCH // 2
+    width = composites.shape[-1] - 2 * halo
+    block = composites[:, :, rows.start + halo - r: rows.stop + halo + r, halo - r: halo + width + r]
+    holes = np.isnan(block).any(axis=(0, 1))
+    return np.lib.stride_tricks.sliding_window_view(holes, (PATCH, PATCH)).any(axis=(2, 3))
 
 
 def scale_composites_host(composites: np.ndarray, band_min: np.ndarray, band_max: np.ndarray) -> np.ndarray:
@@ -112,11 +126,12 @@ def scale_composites_host(composites: np.ndarray, band_min: np.ndarray, band_max
     return scaled
 
 
-def scaled_patches(scaled: np.ndarray, halo: int, rows: slice, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def scaled_patches(scaled: np.ndarray, halo: int, rows: slice, keep: np.ndarray,
+                   gaps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(patches, present)`` of the kept pixels from composites already scaled (:func:`scale_composites_host`):
     gaps filled as :func:`kept_patches` fills them, then missing months written as 0, as the normaliser writes
     them; ``present`` (K, 12) the months whose centre pixel is clear."""
-    patches = kept_patches(scaled, halo, rows, keep)
+    patches = kept_patches(scaled, halo, rows, keep, gaps)
     present = ~np.isnan(patches[:, :, :, PATCH // 2, PATCH // 2]).any(axis=2)
     np.nan_to_num(patches, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf)
     return patches, present
@@ -274,11 +289,18 @@ class PixelEncoder:
             if not keep.any():
                 continue
             aux = self._block_aux(lonlat, layers, r0, r1, keep)
-            if scaled is None:
-                values = self._batched(kept_patches(composites, halo, slice(r0, r1), keep), aux, width, head)
-            else:
-                patches, present = scaled_patches(scaled, halo, slice(r0, r1), keep)
-                values = self._batched(patches, aux, width, head, present)
+            picked = np.flatnonzero(keep)
+            gaps = window_gaps(composites, halo, slice(r0, r1))
+            values = np.empty((picked.size, width), dtype=np.float32)
+            # patches one batch at a time: a block's would be 64 rows x 512 px x 12 KB = 400 MB at the default size
+            for start in range(0, picked.size, self.batch_size):
+                part, stop = picked[start:start + self.batch_size], start + self.batch_size
+                if scaled is None:
+                    values[start:stop] = self._batched(kept_patches(composites, halo, slice(r0, r1), part, gaps),
+                                                       aux[start:stop], width, head)
+                else:
+                    patches, present = scaled_patches(scaled, halo, slice(r0, r1), part, gaps)
+                    values[start:stop] = self._batched(patches, aux[start:stop], width, head, present)
             flat = np.full((keep.size, width), np.nan, dtype=np.float32)
             flat[keep] = values
             result[:, r0:r1] = flat.T.reshape(width, r1 - r0, w)
