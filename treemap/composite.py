@@ -20,7 +20,10 @@ _MODEL_ORDER = np.array([BANDS.index(b) for b in MODEL_BANDS])
 
 def harmonise(dn: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """DN (T, B, H, W) -> float32 reflectance with per-scene scale/offset; DN 0 (nodata) -> NaN."""
-    out = dn.astype(np.float32) * scale[:, None, None, None] + offset[:, None, None, None]
+    # in place: the same float32 multiply then add as ``dn * scale + offset``, without two full-size temporaries
+    out = dn.astype(np.float32)
+    out *= scale.astype(np.float32, copy=False)[:, None, None, None]
+    out += offset.astype(np.float32, copy=False)[:, None, None, None]
     out[dn == 0] = np.nan
     return out
 
@@ -71,6 +74,8 @@ def clear_acquisitions(cube: TileCube, groups: list[Acquisition], clear: tuple[i
     refl = harmonise(dn, cube.scale[flat], cube.offset[flat])
     del dn
     mask_reflectance(refl, scl, clear)
+    if all(len(g.indices) == 1 for g in groups):  # one scene per acquisition: refl is the answer, in order
+        return refl
     position = {scene_index: k for k, scene_index in enumerate(flat)}
     return np.stack([mosaic_first_valid(refl[[position[i] for i in g.indices]]) for g in groups])
 
