@@ -24,6 +24,9 @@ log = logging.getLogger("treemap")
 def cli(verbose: int, quiet: bool) -> None:
     """Tree-species maps from Sentinel-2 L2A time series."""
     setup_logging(verbose, quiet)
+    from treemap.io_env import bound_block_cache
+
+    bound_block_cache()
 
 
 @cli.command()

@@ -78,7 +78,9 @@ class TileCube:
     """The lazy cube of one tile: DN for the ten bands (Sentinel-2 order) + SCL, from every scene."""
 
     def __init__(self, scenes: list[Scene], tile: Tile, gdal_env=None):
-        from treemap.io_env import SkippingReader, UnreadableLog, stackstac_gdal_env
+        from treemap.io_env import SkippingReader, UnreadableLog, bound_block_cache, stackstac_gdal_env
+
+        bound_block_cache()  # a dask worker's first tile: before its first GDAL read
 
         if not scenes:
             raise ValueError("a cube needs at least one scene")

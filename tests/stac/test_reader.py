@@ -230,3 +230,22 @@ def test_a_scene_whose_box_meets_the_tile_but_whose_grid_does_not_leaves_the_cub
     assert (dn[1, BANDS.index("B04")] != dn[0, BANDS.index("B04")]).any()
     with pytest.raises(NoSceneReachesTile):
         TileCube([far], _tile())
+
+
+def test_gdal_block_cache_is_bounded_unless_the_user_set_it():
+    """In a fresh process (GDAL reads GDAL_CACHEMAX once, at the cache's first use): treemap's bound applies when
+    the variable is unset, and a user's value is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from click.testing import CliRunner; from treemap.cli import cli; "
+            "CliRunner().invoke(cli, ['search']); print(os.environ.get('GDAL_CACHEMAX'))")
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_CACHEMAX"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    from treemap.io_env import BLOCK_CACHE_MB
+
+    assert out.stdout.split()[-1] == str(BLOCK_CACHE_MB)
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GDAL_CACHEMAX": "512"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split()[-1] == "512"
