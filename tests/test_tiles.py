@@ -67,3 +67,52 @@ def test_failed_tiles_then_a_rerun_that_retries_them(aoi, broken_catalog, tmp_pa
     log = (out / "treemap.log").read_text()
     assert "phenology" in log and f"scene {scene} band B04" in log and "tile(s) computed in" in log
     assert not (out / WORK_DIR).exists()
+
+
+class _Recording:
+    """A TileTask stand-in that records the order of reads and finishes (the engine's loop is what is tested)."""
+
+    def __init__(self):
+        self.events = []
+
+    def read(self, tile):
+        self.events.append(("read", tile))
+        return tile * 10
+
+    def finish(self, tile, inputs):
+        self.events.append(("finish", tile))
+        return {"tile": tile, "inputs": inputs}
+
+
+def test_without_prefetch_each_tile_is_read_after_the_previous_one_finished(monkeypatch):
+    from treemap.tiles import _in_process
+
+    monkeypatch.setenv("TREEMAP_PREFETCH", "0")
+    task = _Recording()
+    out = list(_in_process(task, [1, 2, 3]))
+    assert out == [(t, {"tile": t, "inputs": t * 10}) for t in (1, 2, 3)]
+    assert task.events == [("read", 1), ("finish", 1), ("read", 2), ("finish", 2), ("read", 3), ("finish", 3)]
+
+
+def test_with_prefetch_the_next_tile_is_read_while_this_one_computes(monkeypatch):
+    import threading
+
+    from treemap.tiles import _in_process
+
+    monkeypatch.delenv("TREEMAP_PREFETCH", raising=False)
+    read_two = threading.Event()
+    seen_during_finish = []
+
+    class Task(_Recording):
+        def read(self, tile):
+            if tile == 2:
+                read_two.set()
+            return super().read(tile)
+
+        def finish(self, tile, inputs):
+            if tile == 1:  # tile 2 is read in the background while tile 1 is being finished
+                seen_during_finish.append(read_two.wait(timeout=10))
+            return super().finish(tile, inputs)
+
+    out = list(_in_process(Task(), [1, 2, 3]))
+    assert [t for t, _ in out] == [1, 2, 3] and seen_during_finish == [True]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -181,9 +182,19 @@ def run_tile(tile: Tile, task: TileTask) -> dict | None:
     return task.finish(tile, task.read(tile))
 
 
+def prefetch_enabled() -> bool:
+    return os.environ.get("TREEMAP_PREFETCH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def _in_process(task: TileTask, tiles: list[Tile]) -> Iterator[tuple[Tile, dict | None]]:
     """Tiles in order; the next tile is read in a background thread while this one computes (GDAL reads, NumPy,
-    numba and torch release the GIL), so at most two tiles' inputs are in memory."""
+    numba and torch release the GIL), so at most two tiles' inputs are in memory. ``TREEMAP_PREFETCH=0`` reads
+    each tile after the previous one is done: one tile's working set instead of a read beside a compute (measured
+    in the README's throughput section), for a longer wall time."""
+    if not prefetch_enabled():
+        for tile in tiles:
+            yield tile, task.finish(tile, task.read(tile))
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="treemap-prefetch") as pool:
         pending = pool.submit(task.read, tiles[0]) if tiles else None
         for k, tile in enumerate(tiles):
