@@ -72,6 +72,8 @@ def test_failed_tiles_then_a_rerun_that_retries_them(aoi, broken_catalog, tmp_pa
 class _Recording:
     """A TileTask stand-in that records the order of reads and finishes (the engine's loop is what is tested)."""
 
+    job = None
+
     def __init__(self):
         self.events = []
 
@@ -99,7 +101,7 @@ def test_with_prefetch_the_next_tile_is_read_while_this_one_computes(monkeypatch
 
     from treemap.tiles import _in_process
 
-    monkeypatch.delenv("TREEMAP_PREFETCH", raising=False)
+    monkeypatch.setenv("TREEMAP_PREFETCH", "1")
     read_two = threading.Event()
     seen_during_finish = []
 
@@ -116,3 +118,21 @@ def test_with_prefetch_the_next_tile_is_read_while_this_one_computes(monkeypatch
 
     out = list(_in_process(Task(), [1, 2, 3]))
     assert [t for t, _ in out] == [1, 2, 3] and seen_during_finish == [True]
+
+
+def test_prefetch_by_default_only_for_jobs_on_a_gpu(monkeypatch):
+    from treemap.tiles import prefetch_enabled
+
+    class Job:
+        def __init__(self, gpu):
+            self.gpu = gpu
+
+        def computes_on_gpu(self):
+            return self.gpu
+
+    monkeypatch.delenv("TREEMAP_PREFETCH", raising=False)
+    assert prefetch_enabled(Job(True)) and not prefetch_enabled(Job(False)) and not prefetch_enabled(object())
+    monkeypatch.setenv("TREEMAP_PREFETCH", "1")
+    assert prefetch_enabled(Job(False))
+    monkeypatch.setenv("TREEMAP_PREFETCH", "off")
+    assert not prefetch_enabled(Job(True))

@@ -180,6 +180,11 @@ class EmbedJob:
             out["aux"] = self.aux.fingerprint()
         return out
 
+    def computes_on_gpu(self) -> bool:
+        """Whether tiles are encoded on a GPU here: then reading the next tile while one computes pays
+        (:func:`treemap.tiles.prefetch_enabled`)."""
+        return InferenceSpec(device=worker_device(self.spec.device)).resolve_device().type == "cuda"
+
     def read(self, tile: Tile, scenes: list, local_aoi):
         if self.seco is not None:
             return seco_tile_read(tile, scenes, local_aoi, self.seco)

@@ -24,8 +24,8 @@ from treemap.dates import default_year
 from treemap.embed_seco import SecoEmbedSpec
 from treemap.errors import ModelError
 from treemap.grid import Tile, TilePlan, core_mask, pixel_centres_lonlat, plan_tiles
-from treemap.infer import (InferenceSpec, inference_spec, LoadedModel, ModelRef, check_device, load_model_set, predictors,
-                           resolve_model, species_key, visible_gpus)
+from treemap.infer import (InferenceSpec, LoadedModel, ModelRef, check_device, inference_spec, load_model_set,
+                           predictors, resolve_model, species_key, visible_gpus, worker_device)
 from treemap.masking import MaskSpec
 from treemap.outputs import ProductSpec, ensure_writable_dir
 from treemap.products import run_tags, species_products, tile_bands
@@ -133,6 +133,11 @@ class PredictJob:
             out["aux"] = self.aux.fingerprint()
         return out
 
+    def computes_on_gpu(self) -> bool:
+        """Whether tiles are encoded on a GPU here: then reading the next tile while one computes pays
+        (:func:`treemap.tiles.prefetch_enabled`)."""
+        return InferenceSpec(device=worker_device(self.spec.device)).resolve_device().type == "cuda"
+
     def read(self, tile: Tile, scenes: list, local_aoi) -> PreparedTile:
         if self.seco is not None:
             from treemap.predict_seco import seco_predict_read
@@ -156,7 +161,6 @@ class PredictJob:
 
     def _compute_seco(self, tile: Tile, inputs) -> TileResult:
         from treemap.embed_seco import seco_models
-        from treemap.infer import worker_device
         from treemap.predict_seco import seco_heads, seco_probabilities, seco_tree_mask
 
         device = str(InferenceSpec(self.spec.batch_size, worker_device(self.spec.device)).resolve_device())
