@@ -139,7 +139,7 @@ def test_patches_are_the_predict_composites(extracted, small_world):
     from treemap.composite import monthly_composites
     from treemap.cube import TileCube
     from treemap.grid import Tile, lonlat_bbox
-    from treemap.infer import pixel_patches
+    from treemap.patches import pixel_patches
     from treemap.stac import Query, open_catalog
 
     result, _ = extracted

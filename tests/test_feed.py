@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from treemap.feed import (DeviceTile, Uploader, batch_from_memory, fill_gaps, gather_patches, scale_composites)
-from treemap.infer import (InferenceSpec, PixelEncoder, SpeciesPredictor, kept_patches, pixel_patches,
-                           present_months, resolve_model, scale_composites_host, scaled_patches)
+from treemap.infer import InferenceSpec, PixelEncoder, SpeciesPredictor, resolve_model
+from treemap.patches import kept_patches, pixel_patches, present_months, scale_composites_host, scaled_patches
 
 
 def _holey(seed, shape=(12, 10, 44, 41), rate=0.2):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from treemap.infer import pixel_patches
+from treemap.patches import pixel_patches
 
 
 def test_patches_of_a_one_pixel_wide_core():
@@ -26,7 +26,7 @@ def _holey_composites(seed, shape=(12, 10, 40, 37)):
 
 
 def test_kept_patches_are_the_full_patches_of_the_kept_pixels_to_the_bit():
-    from treemap.infer import kept_patches, present_months
+    from treemap.patches import kept_patches, present_months
 
     for seed, halo, rows in [(0, 2, slice(0, 36)), (1, 3, slice(4, 17)), (2, 2, slice(30, 31))]:
         comps = _holey_composites(seed)

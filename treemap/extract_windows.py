@@ -97,7 +97,7 @@ def window_patches(catalog, members: list[Located], year: int, epsg: int, compos
     from treemap.composite import monthly_composites
     from treemap.cube import CLEAR_SCL, NoSceneReachesTile, TileCube
     from treemap.grid import lonlat_bbox
-    from treemap.infer import fill_present_months
+    from treemap.patches import fill_present_months
     from treemap.stac import Query
 
     tile, c0, r1 = _window_tile(members, epsg)

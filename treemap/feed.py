@@ -1,10 +1,10 @@
 """Feeding the location encoder from a tile that lives on the device.
 
-The host path (:func:`treemap.infer.kept_patches`) cuts every kept pixel's 5 x 5 x 12 x 10 patch on the host and
+The host path (:func:`treemap.patches.kept_patches`) cuts every kept pixel's 5 x 5 x 12 x 10 patch on the host and
 ships it to the device: 25 copies of every composite value cross the bus, and the encoder's normaliser scales all 25.
 Here the tile's composites cross once (:class:`DeviceTile`), already scaled when the model's statistics are fixed,
 and the patches of each batch are gathered from them on the device (:func:`gather_patches`), their gaps filled there
-(:func:`fill_gaps`, the rule of :func:`treemap.infer.fill_present_months`). Results stay on the device until the tile
+(:func:`fill_gaps`, the rule of :func:`treemap.patches.fill_present_months`). Results stay on the device until the tile
 is done, so there is no host synchronisation per batch: the host queues a tile's batches and the device runs them.
 
 Uploads go through :class:`Uploader`: page-locked (pinned) staging buffers in a ring, copied on a side CUDA stream
@@ -63,7 +63,7 @@ def gather_patches(plane: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 def fill_gaps(patches: Tensor) -> tuple[Tensor, Tensor]:
     """``(patches, present)``: months whose centre pixel is missing become all-NaN; other gaps take the patch mean
-    per band (the rule of :func:`treemap.infer.fill_present_months`). ``present`` ``(K, 12)`` marks the months kept."""
+    per band (the rule of :func:`treemap.patches.fill_present_months`). ``present`` ``(K, 12)`` marks the months kept."""
     k = PATCH // 2
     centre_missing = torch.isnan(patches[:, :, :, k, k]).any(dim=2)  # (K, 12)
     nan = torch.isnan(patches)
