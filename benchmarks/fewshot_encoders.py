@@ -74,7 +74,7 @@ def geotreeclip_features(points_geojson: Path, catalog: str, folder: Path):
     import torch
 
     from treemap.fewshot import FewShotRequest, _samples, geojson_to_csv
-    from treemap.infer import resolve_model
+    from treemap.modelset import resolve_model
 
     taxonomy = REPO / "treemap" / "data" / "species" / "demo.csv"
     csv = geojson_to_csv(points_geojson, folder / (points_geojson.stem + ".csv"))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from treemap.feed import (DeviceTile, Uploader, batch_from_memory, fill_gaps, gather_patches, scale_composites)
-from treemap.infer import InferenceSpec, PixelEncoder, SpeciesPredictor, resolve_model
+from treemap.infer import InferenceSpec, PixelEncoder, SpeciesPredictor
+from treemap.modelset import resolve_model
 from treemap.patches import kept_patches, pixel_patches, present_months, scale_composites_host, scaled_patches
 
 
@@ -187,3 +188,17 @@ def test_patch_placement_follows_the_spec(monkeypatch):
 def test_auto_batch_on_cpu_keeps_the_given_size():
     model, _, _ = resolve_model("demo")
     assert PixelEncoder(model, InferenceSpec(1234, "cpu", auto_batch=True)).batch_size == 1234
+
+
+def test_the_predictor_cache_keys_on_every_inference_setting():
+    from treemap.modelset import ModelRef, PredictorCache, load_model_set, species_key
+
+    ref = ModelRef("demo", "demo", None)
+    loaded = load_model_set(ref)
+    cache = PredictorCache()
+    cache.offer(loaded)
+    keys = (loaded.model_key, species_key(loaded.species), None)
+    host = cache.get(ref, keys, InferenceSpec(device="cpu", patches="host"))
+    device = cache.get(ref, keys, InferenceSpec(device="cpu", patches="device"))
+    assert host is not device and not host.tile_patches and device.tile_patches
+    assert cache.get(ref, keys, InferenceSpec(device="cpu", patches="host")) is host

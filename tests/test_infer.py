@@ -48,7 +48,8 @@ def test_compiled_encoder_gives_the_eager_embeddings(monkeypatch):
     generation: the real inductor takes about 40 s to compile on 2 cores, measured in the README)."""
     import torch
 
-    from treemap.infer import InferenceSpec, PixelEncoder, resolve_model
+    from treemap.infer import InferenceSpec, PixelEncoder
+    from treemap.modelset import resolve_model
 
     monkeypatch.setenv("TREEMAP_COMPILE_BACKEND", "eager")
     model, _, _ = resolve_model("demo")

@@ -172,7 +172,7 @@ def test_predict_on_a_scheduler_matches_the_serial_run(small_world, aoi, schedul
     from distributed import Client
 
     def loads():
-        from treemap.infer import predictors as _predictors
+        from treemap.modelset import predictors as _predictors
 
         return _predictors.loads
 

@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     model = _demo_file("models", "demo-tiny.safetensors") if args.model == "demo" else args.model
     species = _demo_file("species", "demo.csv") if args.species == "demo" else args.species
     try:
-        from treemap.infer import check_device
+        from treemap.devices import check_device
 
         device = check_device(args.device)
         if device == "auto":

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        from treemap.infer import check_device
+        from treemap.devices import check_device
 
         check_device(args.device)  # --device cuda without CUDA: one line naming this machine's devices
         overrides = parse_overrides(args.set)

@@ -318,7 +318,7 @@ def fewshot(ctx, points, model_ref, catalog, kind, old_kind, year, taxonomy, out
             chip, stride, season, as_json):
     """Fit a few-shot species head from labelled points; use it with `predict --head`."""
     from treemap.fewshot import FewShotRequest, fit_from_points
-    from treemap.infer import check_device
+    from treemap.devices import check_device
 
     if old_kind is not None:
         kind = _deprecated_head_kind(ctx, old_kind)

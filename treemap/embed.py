@@ -36,7 +36,9 @@ from treemap.dates import check_year
 from treemap.embed_seco import SecoEmbedSpec, seco_embeddings, seco_models, seco_tile_read
 from treemap.errors import DateRangeError, ProjectionError, TreemapError
 from treemap.grid import Tile, TilePlan, pixel_centres_lonlat, plan_tiles, scenes_for_tile, to_crs
-from treemap.infer import InferenceSpec, check_device, inference_spec, encoders, resolve_model, visible_gpus, worker_device
+from treemap.devices import check_device, visible_gpus, worker_device
+from treemap.infer import InferenceSpec, inference_spec
+from treemap.modelset import encoders, resolve_model
 from treemap.outputs import NODATA_I16, ProductSpec, ensure_writable_dir
 from treemap.pca import Projection, fit_projection, load_projection, save_projection
 from treemap.phenology import SEASONS

@@ -15,7 +15,7 @@ trained on these shards sees at training time what it sees when mapping; ``paper
 (scenes with at most 30 % cloud, no pixel masking, median).
 
 In both, a month counts as present when its centre pixel has a value; the other pixels' gaps take the patch mean
-(the rule of ``treemap.infer``), and absent months are all-NaN, so shards never hold partly-NaN months.
+(the rule of ``treemap.patches``), and absent months are all-NaN, so shards never hold partly-NaN months.
 
 Reading: points are grouped into windows of at most ``window_px`` pixels of their UTM zone's 10 m grid (per year);
 each window is one small tile whose lazy cube (``treemap.cube.TileCube``) reads each COG window once for all its

@@ -190,7 +190,7 @@ def _fit_seco(request: FewShotRequest, points: Path, out: Path) -> FewShotResult
 def fit_from_points(request: FewShotRequest) -> FewShotResult:
     """Extract, encode, fit and save a head; see the module docstring."""
     from treemap.infer import InferenceSpec
-    from treemap.infer import resolve_model
+    from treemap.modelset import resolve_model
 
     if request.kind not in HEAD_KINDS:
         raise ModelError(f"unknown head kind {request.kind!r}: use {' or '.join(HEAD_KINDS)}")

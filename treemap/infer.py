@@ -1,4 +1,5 @@
-"""From monthly composites to species probabilities: batching, device placement, zero-shot head.
+"""From monthly composites to species probabilities: batching, device placement, zero-shot head (model sets and the
+per-process caches: :mod:`treemap.modelset`; ``--device`` checks: :mod:`treemap.devices`).
 
 A pixel's input is its 5 x 5 neighbourhood in each of the 12 monthly composites (12, 10, 5, 5; cut by
 :mod:`treemap.patches` on the host or :mod:`treemap.feed` on the device) plus the 27 auxiliary variables
@@ -10,16 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from treemap.errors import DeviceError, ModelError
 from treemap.feed import DeviceTile, Uploader, probe_batch_size
 from treemap.patches import PATCH, kept_patches, present_months, scale_composites_host, scaled_patches, window_gaps
 from treemap.taxonomy import SpeciesList
@@ -278,214 +276,3 @@ class SpeciesPredictor(PixelEncoder):
         """
         return self._per_pixel(composites, halo, lonlat, valid, len(self.species), self._probabilities,
                                rows_per_block, layers)
-
-
-# --- devices -----------------------------------------------------------------------------------------------------------
-
-def available_devices() -> list[str]:
-    """The devices this machine offers, as --device takes them."""
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("mps")
-    return found
-
-
-def check_device(device: str) -> str:
-    """``device`` when this machine has it (``auto`` always), else a one-line :class:`DeviceError` naming the
-    devices that are available."""
-    if device == "auto":
-        return device
-    available = available_devices()
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise DeviceError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N (this machine has: "
-                          f"{', '.join(available)})") from None
-    if parsed.type == "cpu":
-        return device
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {device}: CUDA is not available on this machine (it has: "
-                              f"{', '.join(available)})")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {device}: there is no such GPU (this machine has: {', '.join(available)})")
-        return device
-    if parsed.type == "mps" and "mps" in available:
-        return device
-    raise DeviceError(f"--device {device}: not available on this machine (it has: {', '.join(available)})")
-
-
-def worker_device(device: str) -> str:
-    """``auto`` on a local-cluster worker with CUDA: the GPU of the worker's index (one worker per GPU)."""
-    from treemap.scale import worker_index
-
-    index = worker_index()
-    if device != "auto" or index is None or not torch.cuda.is_available():
-        return device
-    return f"cuda:{index % torch.cuda.device_count()}"
-
-
-def visible_gpus(device: str) -> int:
-    """The GPUs a prediction on ``device`` can spread over: all visible ones for ``auto``, one for ``cuda[:i]``."""
-    if device == "auto":
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return 1 if device.startswith("cuda") else 0
-
-
-# --- models --------------------------------------------------------------------------------------------------------
-
-def resolve_model(model_ref: str | Path):
-    """``(model, card, model_key)`` for a checkpoint path or ``demo`` (the built-in demo model). The key is a
-    digest of the weights file: text-feature caches and few-shot heads are tied to it."""
-    from treemap.cache import file_sha256
-    from treemap.models.checkpoint import demo_model, load_model
-
-    if str(model_ref) == "demo":
-        model, card = demo_model()
-        return model, card, hashlib.sha256(("demo:" + card.to_json()).encode()).hexdigest()
-    model, card = load_model(model_ref)
-    return model, card, file_sha256(model_ref)
-
-
-def species_key(species: SpeciesList) -> str:
-    return hashlib.sha256("\n".join(species.prompts).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which model, species list and head a run uses: paths (absolute, for workers) or ``demo``."""
-
-    model: str | Path | None
-    species: str | Path | None
-    head: Path | None
-    demo_defaults: bool = False  # the demo catalog: model and species default to the built-in demo ones
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    model: object
-    card: object
-    species: SpeciesList
-    model_key: str
-    head: object | None
-    head_key: str | None
-
-
-def load_model_set(ref: ModelRef) -> LoadedModel:
-    """The model, species list and head of a run, checked against each other. Outside the demo catalog --model
-    and --species (or --head) are required."""
-    from treemap.cache import file_sha256
-    from treemap.heads import load_head
-    from treemap.taxonomy import demo_species_list, load_species_list
-
-    model_ref = ref.model if ref.model is not None else ("demo" if ref.demo_defaults else None)
-    if model_ref is None:
-        raise ModelError("--model is required outside the demo catalog (e.g. an imported GGT_6M checkpoint)")
-    head = None
-    if ref.head is not None:
-        if ref.species is not None:
-            raise ModelError("--head classifies the species it was fitted on: leave out --species")
-        head = load_head(ref.head)
-        if head.encoder_name != "geotreeclip":
-            raise ModelError(f"head {ref.head} was fitted on {head.encoder_name} features, not on a GeoTreeCLIP "
-                             f"model's (treemap.predict_seco maps it)")
-    species_ref = ref.species if ref.species is not None else ("demo" if ref.demo_defaults else None)
-    if species_ref is None and head is None:
-        raise ModelError("--species is required: a CSV with level0, level1_family, level2_genus, level3_species")
-    model, card, model_key = resolve_model(model_ref)
-    if head is not None:
-        if head.model_key != model_key:
-            raise ModelError(f"head {ref.head} was fitted on another model than {model_ref}")
-        if head.embed_dim != model.config.embed_dim:
-            raise ModelError(f"head {ref.head} expects {head.embed_dim}-dim embeddings, the model gives "
-                             f"{model.config.embed_dim}")
-        species = head.species
-    else:
-        species = demo_species_list() if str(species_ref) == "demo" else load_species_list(species_ref)
-    head_key = file_sha256(ref.head) if head is not None else None
-    return LoadedModel(model, card, species, model_key, head, head_key)
-
-
-class PredictorCache:
-    """The predictors of this process, so that a worker loads a model (and its text features) once for all the
-    tiles it runs, not once per tile. Keyed by model, species, head and inference settings; the two most recent
-    are kept (a long-lived cluster may serve runs with other models)."""
-
-    def __init__(self, size: int = 2):
-        self._items: OrderedDict[tuple, SpeciesPredictor] = OrderedDict()
-        self._lock = threading.Lock()
-        self._size = size
-        self._offered: dict[tuple, LoadedModel] = {}
-        self.loads = 0
-
-    def offer(self, loaded: LoadedModel) -> None:
-        """A model set this process has already loaded (the client of a run): used instead of a second load."""
-        with self._lock:
-            self._offered = {(loaded.model_key, species_key(loaded.species), loaded.head_key): loaded}
-
-    def get(self, ref: ModelRef, keys: tuple[str, str, str | None], spec: InferenceSpec) -> SpeciesPredictor:
-        """The predictor for ``ref``; ``keys`` = (model key, species key, head key) as the client computed them."""
-        key = (*keys, spec.batch_size, spec.device, spec.compile)
-        with self._lock:
-            predictor = self._items.get(key)
-            if predictor is None:
-                predictor = self._load(ref, keys, spec, self._offered.get(tuple(keys)))
-                self._items[key] = predictor
-                while len(self._items) > self._size:
-                    self._items.popitem(last=False)
-            self._items.move_to_end(key)
-            return predictor
-
-    def _load(self, ref: ModelRef, keys, spec: InferenceSpec, loaded: LoadedModel | None) -> SpeciesPredictor:
-        from treemap.cache import cache_root
-
-        if loaded is None:
-            loaded = load_model_set(ref)
-            self.loads += 1
-            log.info("model %s loaded in this process", loaded.model_key[:12])
-        if (loaded.model_key, species_key(loaded.species)) != tuple(keys[:2]):
-            raise ModelError(f"the model or species list this worker reads ({ref.model}, {ref.species or ref.head}) "
-                             f"differs from the client's: workers need the same files")
-        device_spec = replace(spec, device=worker_device(spec.device))
-        return SpeciesPredictor(loaded.model, loaded.species, device_spec, model_key=loaded.model_key,
-                                cache_dir=cache_root(), head=loaded.head)
-
-
-predictors = PredictorCache()
-
-
-class EncoderCache:
-    """The :class:`PixelEncoder` of this process for ``treemap embed`` (no species list, no head), loaded once per
-    worker like :data:`predictors`; the client offers the model it has loaded already."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._item: tuple[tuple, PixelEncoder] | None = None
-        self._offered: dict[str, object] = {}
-        self.loads = 0
-
-    def offer(self, model, model_key: str) -> None:
-        with self._lock:
-            self._offered = {model_key: model}
-
-    def get(self, model_ref: str | Path, model_key: str, spec: InferenceSpec) -> PixelEncoder:
-        key = (model_key, spec.batch_size, spec.device, spec.compile)
-        with self._lock:
-            if self._item is not None and self._item[0] == key:
-                return self._item[1]
-            model = self._offered.get(model_key)
-            if model is None:
-                model, _, loaded_key = resolve_model(model_ref)
-                self.loads += 1
-                if loaded_key != model_key:
-                    raise ModelError(f"the model this worker reads ({model_ref}) differs from the client's: workers "
-                                     f"need the same files")
-            encoder = PixelEncoder(model, replace(spec, device=worker_device(spec.device)))
-            self._item = (key, encoder)
-            return encoder
-
-
-encoders = EncoderCache()

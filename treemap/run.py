@@ -24,8 +24,9 @@ from treemap.dates import default_year
 from treemap.embed_seco import SecoEmbedSpec
 from treemap.errors import ModelError
 from treemap.grid import Tile, TilePlan, core_mask, pixel_centres_lonlat, plan_tiles
-from treemap.infer import (InferenceSpec, LoadedModel, ModelRef, check_device, inference_spec, load_model_set,
-                           predictors, resolve_model, species_key, visible_gpus, worker_device)
+from treemap.devices import check_device, visible_gpus, worker_device
+from treemap.infer import InferenceSpec, inference_spec
+from treemap.modelset import LoadedModel, ModelRef, load_model_set, predictors, resolve_model, species_key
 from treemap.masking import MaskSpec
 from treemap.outputs import ProductSpec, ensure_writable_dir
 from treemap.products import run_tags, species_products, tile_bands
