@@ -66,9 +66,7 @@ def fill_gaps(patches: Tensor) -> tuple[Tensor, Tensor]:
     per band (the rule of :func:`treemap.patches.fill_present_months`). ``present`` ``(K, 12)`` marks the months kept."""
     k = PATCH // 2
     centre_missing = torch.isnan(patches[:, :, :, k, k]).any(dim=2)  # (K, 12)
-    nan = torch.isnan(patches)
-    if not bool(nan.any()):
-        return patches, ~centre_missing
+    # no shortcut for gap-free batches: testing for one would make the host wait for the device on every batch
     patches = patches.masked_fill(centre_missing[:, :, None, None, None], float("nan"))
     nan = torch.isnan(patches)
     gaps = nan & ~centre_missing[:, :, None, None, None]
