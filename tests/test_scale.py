@@ -322,3 +322,29 @@ def test_one_tile_or_one_worker_runs_in_process(spec, tasks, tmp_path):
         assert runner.in_process
         assert list(runner.map(operator.add, ["a", "b"], "!")) == [("a", "a!"), ("b", "b!")]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_tile_the_cluster_drops_is_submitted_again(scheduler, tmp_path, monkeypatch, caplog):
+    """A task the cluster cancels (as when a dead worker held its inputs) is not the tile's failure: the tile is
+    submitted again and the run goes on."""
+    import logging
+    import uuid
+
+    from distributed import Future
+
+    import treemap.scale as scale
+
+    caplog.set_level(logging.WARNING, logger="treemap.scale")
+    folder = tmp_path / "work"
+    folder.mkdir()
+    tiles = ["a", "b", "c"]
+    with tile_runner(ClusterSpec(scheduler=str(scheduler)), 2, folder) as runner:
+        monkeypatch.setattr(scale.uuid, "uuid4", lambda: uuid.UUID(int=0))  # the run's keys: treemap-<i>-00000000
+        results = runner.map(operator.add, tiles, "!")
+        first = next(results)
+        dropped = next(t for t in tiles if t != first[0])
+        client = runner._client
+        client.cancel([Future(f"treemap-{tiles.index(dropped)}-00000000", client)])
+        rest = list(results)
+    assert sorted([first, *rest]) == [(t, t + "!") for t in tiles]
+    assert f"tile {dropped} was dropped by the dask cluster" in caplog.text

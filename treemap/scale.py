@@ -98,6 +98,10 @@ class ClusterSpec:
             return DEFAULT_TIMEOUT
 
 
+#: How often a tile the cluster dropped (not failed) is submitted again before the run gives up.
+RESUBMITS = 2
+
+
 class TileRunner:
     """Runs a tile function over tiles, in this process (``client`` None) or on a dask cluster."""
 
@@ -119,24 +123,44 @@ class TileRunner:
             for tile in tiles:
                 yield tile, fn(tile, job)
             return
+        from concurrent.futures import CancelledError
+
         from distributed import KilledWorker, as_completed
 
         client = self._client
-        shared = client.scatter(job, hash=False)
+        # The job goes to every worker: scattered to one, it died with that worker (its tasks then failed as
+        # "cancelled ... already forgotten" instead of being run again elsewhere).
+        shared = client.scatter(job, hash=False, broadcast=True)
         run = uuid.uuid4().hex[:8]
         keys = [f"treemap-{getattr(tile, 'id', i)}-{run}" for i, tile in enumerate(tiles)]
-        futures = client.map(_checked_call, tiles, key=keys, pure=False, fn=fn, job=shared,
-                             folder=str(self._folder), token=self._token, version=__version__)
+        options = dict(pure=False, fn=fn, folder=str(self._folder), token=self._token, version=__version__)
+        futures = client.map(_checked_call, tiles, key=keys, job=shared, **options)
         by_key = dict(zip(keys, tiles))
+        retried: dict[str, int] = {}
+        pending = as_completed(futures, loop=client.loop)
         try:
-            for future in as_completed(futures, loop=client.loop):
+            for future in pending:
                 tile = by_key[future.key]
+                name = getattr(tile, "id", tile)
                 try:
                     result = future.result()
                 except KilledWorker:
-                    raise ClusterError(f"tile {getattr(tile, 'id', tile)} ended its dask worker process again and "
-                                       f"again (out of memory?); try fewer --workers or a smaller --tile-size") \
-                        from None
+                    raise ClusterError(f"tile {name} ended its dask worker process again and again (out of "
+                                       f"memory?); try fewer --workers or a smaller --tile-size") from None
+                except CancelledError as exc:  # the cluster dropped the task (a worker lost with its inputs)
+                    tries = retried.get(str(name), 0) + 1
+                    if tries > RESUBMITS:
+                        raise ClusterError(f"tile {name} was dropped by the dask cluster {tries} times ({exc}); "
+                                           f"are its workers stable?") from None
+                    retried[str(name)] = tries
+                    log.warning("tile %s was dropped by the dask cluster (%s); submitting it again", name, exc)
+                    shared = client.scatter(job, hash=False, broadcast=True)
+                    key = f"{future.key}-again{tries}"
+                    again = client.submit(_checked_call, tile, key=key, job=shared, **options)
+                    by_key[key] = tile
+                    futures += [again, shared]
+                    pending.add(again)
+                    continue
                 yield tile, result
         finally:
             client.cancel(futures + [shared])
